@@ -1,0 +1,1 @@
+"""The Participant Service rules engine: machine definitions, validation and decisions."""

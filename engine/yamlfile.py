@@ -1,0 +1,199 @@
+"""The only YAML loader: safe, refuses duplicate keys, keeps line and column for every node."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["Document", "YamlProblem", "load_file", "load_text", "MAX_FILE_BYTES"]
+
+MAX_FILE_BYTES = 2 * 1024 * 1024
+# Aliases can make a tiny file expand exponentially ("billion laughs"); stop well before that.
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+
+# YAML 1.1 booleans PyYAML resolves that a reader rarely means as booleans.
+_YAML11_BOOL = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
+
+Path_ = tuple  # a document path: a tuple of mapping keys and sequence indexes
+
+
+@dataclass(frozen=True, slots=True)
+class YamlProblem:
+    """A problem found while reading the file, before any rule runs."""
+
+    rule: str  # E000 unreadable, E002 duplicate key, E003 boolean key, W004 boolean value
+    path: tuple
+    line: int
+    col: int
+    message: str
+
+
+@dataclass
+class Document:
+    """A parsed YAML file: its data and where every node of it stands."""
+
+    path: Path
+    data: object = None
+    problems: list[YamlProblem] = field(default_factory=list)
+    # document path -> (line, col) of the value, and of the key for mapping entries; 1-based
+    values: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[tuple, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def readable(self) -> bool:
+        return not any(p.rule == "E000" for p in self.problems)
+
+    def position(self, path: tuple, *, key: bool = False) -> tuple[int, int]:
+        """Line and column of the node at `path`, or of its nearest existing ancestor."""
+        path = tuple(path)
+        while True:
+            if key and path in self.keys:
+                return self.keys[path]
+            if path in self.values:
+                return self.values[path]
+            if not path:
+                return (1, 1)
+            path = path[:-1]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Builder:
+    """Turns a composed node tree into Python data, recording positions and problems."""
+
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.count = 0
+        self.constructor = yaml.SafeLoader("")  # used only to construct scalars
+
+    def build(self, node: yaml.Node, path: tuple, depth: int = 0):
+        self.count += 1
+        if self.count > MAX_NODES or depth > MAX_DEPTH:
+            raise _TooLarge
+        self.doc.values.setdefault(path, _mark(node))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        value = self.constructor.construct_object(node, deep=True)
+        if isinstance(value, bool) and node.style is None and _YAML11_BOOL.match(node.value):
+            line, col = _mark(node)
+            self.doc.problems.append(YamlProblem(
+                "W004", path, line, col,
+                f"'{node.value}' is read as the boolean {str(value).lower()} (YAML 1.1); "
+                f"write {str(value).lower()}, or quote it if you mean the text",
+            ))
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple, depth: int) -> dict:
+        self.constructor.flatten_mapping(node)  # resolves `<<:` merge keys
+        result: dict = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                line, col = _mark(key_node)
+                self.doc.problems.append(YamlProblem(
+                    "E000", path, line, col, "a mapping key must be a plain name"))
+                continue
+            key = self.constructor.construct_object(key_node)
+            line, col = _mark(key_node)
+            if isinstance(key, bool) or key is None:
+                what = "null" if key is None else f"the boolean {str(key).lower()}"
+                self.doc.problems.append(YamlProblem(
+                    "E003", path + (key_node.value,), line, col,
+                    f"key '{key_node.value}' is read as {what} (YAML 1.1); quote it: "
+                    f"'{key_node.value}':",
+                ))
+                key = key_node.value
+            elif not isinstance(key, str):
+                key = key_node.value  # numbers as keys: keep the text the author wrote
+            if key in result:
+                first = self.doc.keys.get(path + (key,), (0, 0))[0]
+                self.doc.problems.append(YamlProblem(
+                    "E002", path + (key,), line, col,
+                    f"duplicate key '{key}' (first defined on line {first}); "
+                    "YAML would silently keep only the last one",
+                ))
+                continue
+            self.doc.keys[path + (key,)] = (line, col)
+            result[key] = self.build(value_node, path + (key,), depth + 1)
+        return result
+
+
+def load_text(text: str, path: Path | str = "<string>") -> Document:
+    """Parse YAML text into a Document; problems are recorded, never raised."""
+    doc = Document(Path(path))
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        doc.problems.append(YamlProblem("E000", (), line, col, f"not valid YAML: {exc.problem}"))
+        return doc
+    except yaml.YAMLError as exc:
+        doc.problems.append(YamlProblem("E000", (), 1, 1, f"not valid YAML: {exc}"))
+        return doc
+    except RecursionError:
+        doc.problems.append(YamlProblem("E000", (), 1, 1, "not valid YAML: nested too deeply"))
+        return doc
+    if node is None:
+        doc.problems.append(YamlProblem("E000", (), 1, 1, "the file is empty"))
+        return doc
+    try:
+        doc.data = _Builder(doc).build(node, ())
+    except _TooLarge:
+        doc.values.clear()
+        doc.keys.clear()
+        doc.problems[:] = [YamlProblem(
+            "E000", (), 1, 1,
+            f"the document is too large or nested too deeply (more than {MAX_NODES} nodes "
+            f"or {MAX_DEPTH} levels, aliases included)",
+        )]
+        return doc
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        doc.problems.append(YamlProblem("E000", (), 1, 1, f"not valid YAML: {exc}"))
+        return doc
+    if not isinstance(doc.data, dict):
+        line, col = _mark(node)
+        doc.problems.append(YamlProblem(
+            "E000", (), line, col,
+            f"the file must be a mapping of keys to values, not a {type(doc.data).__name__}",
+        ))
+    return doc
+
+
+def load_file(path: Path | str) -> Document:
+    """Read and parse one YAML file; unreadable, binary or oversized files are problems."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        doc = Document(path)
+        doc.problems.append(YamlProblem("E000", (), 1, 1, f"cannot read the file: {exc.strerror}"))
+        return doc
+    if len(raw) > MAX_FILE_BYTES:
+        doc = Document(path)
+        doc.problems.append(YamlProblem(
+            "E000", (), 1, 1, f"the file is larger than {MAX_FILE_BYTES // 1024} KiB"))
+        return doc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        doc = Document(path)
+        doc.problems.append(YamlProblem(
+            "E000", (), 1, 1, f"not a UTF-8 text file (byte {exc.start} is not UTF-8)"))
+        return doc
+    if "\x00" in text:
+        doc = Document(path)
+        doc.problems.append(YamlProblem("E000", (), 1, 1, "not a text file (it contains NUL bytes)"))
+        return doc
+    return load_text(text, path)
