@@ -43,13 +43,16 @@ def thaw(value):
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "string": (lambda v: isinstance(v, str), "text"),
     "number": (_is_number, "a number"),
-    "integer": (lambda v: _is_number(v) and float(v).is_integer(), "a whole number"),
+    "integer": (lambda v: _is_number(v) and (isinstance(v, int) or v.is_integer()),
+                "a whole number"),
     "boolean": (lambda v: isinstance(v, bool), "true or false"),
     "object": (lambda v: isinstance(v, dict), "an object"),
     "array": (lambda v: isinstance(v, list), "an array"),
@@ -151,16 +154,13 @@ class AttributeValidator:
         return issues
 
     def issues(self, properties: Mapping, prefix: str = "$.properties") -> list[Issue]:
-        """Every problem of `properties`: unknown names, missing required ones, bad values."""
-        found = self.unknown(properties, prefix)
-        for name, value in properties.items():
-            checks = self.checks.get(name)
-            if checks is None:
-                continue
-            message = run_checks(checks, value)
-            if message:
-                found.append(Issue(json_path(prefix, name), f"{name} {message}"))
-        for name in self.required:
-            if name not in properties:
+        """Every bad value and every missing required attribute; unknown names are skipped."""
+        found = []
+        for name, checks in self.checks.items():  # declaration order, so output is stable
+            if name in properties:
+                message = run_checks(checks, properties[name])
+                if message:
+                    found.append(Issue(json_path(prefix, name), f"{name} {message}"))
+            elif name in self.required:
                 found.append(Issue(json_path(prefix, name), f"{name} is required"))
         return found
