@@ -15,7 +15,7 @@ __all__ = ["CompiledCondition", "StateMachine"]
 
 
 class CompiledCondition:
-    """A guard or invariant with its JSON Schema compiled once; callable as a transitions condition."""
+    """A guard or invariant, its JSON Schema compiled once; callable as a transitions condition."""
 
     __slots__ = ("condition", "validator")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ MAX_DEPTH = 64
 # YAML 1.1 booleans PyYAML resolves that a reader rarely means as booleans.
 _YAML11_BOOL = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
 
-Path_ = tuple  # a document path: a tuple of mapping keys and sequence indexes
+_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+_SCALAR_TAGS = tuple(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +84,22 @@ class _Builder:
         if self.count > MAX_NODES or depth > MAX_DEPTH:
             raise _TooLarge
         self.doc.values.setdefault(path, _mark(node))
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _COLLECTION_TAGS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the tag {node.tag} is not allowed", node.start_mark)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        if node.tag == _TIMESTAMP:
+            return node.value  # machine files hold JSON values: a date stays the text written
+        if node.tag not in _SCALAR_TAGS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the tag {node.tag} is not allowed", node.start_mark)
         value = self.constructor.construct_object(node, deep=True)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"'{node.value}' is not a JSON number", node.start_mark)
         if isinstance(value, bool) and node.style is None and _YAML11_BOOL.match(node.value):
             line, col = _mark(node)
             self.doc.problems.append(YamlProblem(
@@ -159,6 +173,11 @@ def load_text(text: str, path: Path | str = "<string>") -> Document:
             f"or {MAX_DEPTH} levels, aliases included)",
         )]
         return doc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        doc.problems.append(YamlProblem("E000", (), line, col, f"not valid YAML: {exc.problem}"))
+        return doc
     except (yaml.YAMLError, ValueError, TypeError) as exc:
         doc.problems.append(YamlProblem("E000", (), 1, 1, f"not valid YAML: {exc}"))
         return doc
@@ -194,6 +213,7 @@ def load_file(path: Path | str) -> Document:
         return doc
     if "\x00" in text:
         doc = Document(path)
-        doc.problems.append(YamlProblem("E000", (), 1, 1, "not a text file (it contains NUL bytes)"))
+        doc.problems.append(YamlProblem("E000", (), 1, 1,
+                                        "not a text file (it contains NUL bytes)"))
         return doc
     return load_text(text, path)
