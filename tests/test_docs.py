@@ -1,0 +1,36 @@
+"""The README stays true to the code: every lint rule and failure code is documented."""
+
+from __future__ import annotations
+
+import re
+
+from engine.failures import CATALOGUE
+from engine.lint import RULES
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _rows(first_cell: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in README.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and re.fullmatch(first_cell, cells[0]):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_every_lint_rule_is_in_the_readme_table():
+    """The README's rule table lists every rule with its severity and summary."""
+    rows = _rows(r"[EW]\d{3}")
+    assert set(rows) == set(RULES)
+    for rule_id, rule in RULES.items():
+        assert rows[rule_id] == [rule.severity, rule.summary]
+
+
+def test_every_failure_code_is_in_the_readme_table():
+    """The README's failure-code table lists every code with its reason."""
+    rows = _rows(r"`\d{12}`")
+    assert set(rows) == {k.code for k in CATALOGUE.values()}
+    for kind in CATALOGUE.values():
+        assert rows[kind.code] == [kind.reason, kind.summary]
