@@ -36,3 +36,45 @@ class UnknownParticipantType(EngineError):
     def __init__(self, plural: str):
         self.plural = plural
         super().__init__(f"unknown participant type '{plural}'")
+
+
+class ParticipantNotFound(EngineError):
+    """No participant with that id exists in this tenant."""
+
+    def __init__(self, participant_id: str):
+        self.participant_id = participant_id
+        super().__init__(f"participant '{participant_id}' not found")
+
+
+class PreconditionFailed(EngineError):
+    """If-Match named a version that is no longer the participant's."""
+
+    def __init__(self, expected: int, actual: int):
+        self.expected, self.actual = expected, actual
+        super().__init__(f"If-Match expects version {expected}, but the participant is at "
+                         f"version {actual}")
+
+
+class RequestInFlight(EngineError):
+    """A request with this X-COREOS-REQUEST-ID is still being processed."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        super().__init__(f"request '{request_id}' is still being processed; retry later")
+
+
+class RequestIdReused(EngineError):
+    """This X-COREOS-REQUEST-ID was already used for a different request."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        super().__init__(f"X-COREOS-REQUEST-ID '{request_id}' was already used for a different "
+                         "request; use a new request id")
+
+
+class InvalidQuery(EngineError):
+    """A list query names something that cannot be queried, or is malformed."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        super().__init__("invalid query: " + "; ".join(f"{i.path} {i.message}" for i in issues))

@@ -10,8 +10,19 @@ from types import MappingProxyType
 
 from .attributes import AttributeValidator, compile_checks
 from .definitions import (
-    Category, Condition, Definition, Event, MainState, SubState, Transition, Ttl,
-    attribute_from_config, data_item_from_config, freeze, parse_duration, qualify,
+    Category,
+    Condition,
+    Definition,
+    Event,
+    MainState,
+    SubState,
+    Transition,
+    Ttl,
+    attribute_from_config,
+    data_item_from_config,
+    freeze,
+    parse_duration,
+    qualify,
 )
 from .errors import DefinitionError, UnknownParticipantType
 from .lint.runner import collect_files, lint_documents

@@ -2,19 +2,124 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from dataclasses import dataclass
 
-from flask import Flask
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
 
-from engine.registry import load_registry
+from engine.registry import Registry, load_registry
+from engine.service import Service
+from engine.store import Store
+
+from .errors import status_and_code
+from .http import token_table
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("webapp")
+
+DEFAULTS = {
+    "PARTICIPANTS_DATABASE": "instance/participants.db",
+    "PARTICIPANTS_MACHINES": "machines",
+    "PARTICIPANTS_MAX_BODY_BYTES": 1024 * 1024,
+    "PARTICIPANTS_ACCESS_TOKENS": "{}",
+    "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "0",
+    "PARTICIPANTS_BASE_PATH": "/core/api/v2/participants",
+    "PARTICIPANTS_SYNCHRONOUS": "FULL",
+    "PARTICIPANTS_BUSY_TIMEOUT_MS": 30_000,
+    "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS": 86_400,
+}
+
+
+@dataclass
+class Participants:
+    """What the views share, kept in app.extensions['participants']."""
+
+    types: Registry
+    store: Store
+    service: Service
+    tokens: dict
+
+
+def _config_error(name: str, problem: str) -> ValueError:
+    return ValueError(f"configuration {name}: {problem}")
+
+
+def _int(config, name: str) -> int:
+    try:
+        return int(config[name])
+    except (TypeError, ValueError):
+        raise _config_error(name, f"expected a whole number, got {config[name]!r}") from None
+
+
+def _tokens(config) -> dict:
+    raw = config["PARTICIPANTS_ACCESS_TOKENS"]
+    try:
+        tokens = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        raise _config_error("PARTICIPANTS_ACCESS_TOKENS",
+                            'expected a JSON object {"token": "tenant id"}') from None
+    if not isinstance(tokens, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and v for k, v in tokens.items()):
+        raise _config_error("PARTICIPANTS_ACCESS_TOKENS",
+                            'expected a JSON object {"token": "tenant id"}')
+    return tokens
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the application: configuration from PARTICIPANTS_* variables, then `test_config`."""
+    """Build the application: defaults, then PARTICIPANTS_* variables, then `test_config`."""
     app = Flask(__name__, instance_relative_config=True)
-    app.config.from_mapping(PARTICIPANTS_MACHINES="machines")
+    app.config.update(DEFAULTS)
     app.config.update({k: v for k, v in os.environ.items() if k.startswith("PARTICIPANTS_")})
     if test_config:
         app.config.update(test_config)
-    app.extensions["participant_types"] = load_registry(app.config["PARTICIPANTS_MACHINES"])
+    config = app.config
+    config["MAX_CONTENT_LENGTH"] = _int(config, "PARTICIPANTS_MAX_BODY_BYTES")
+
+    types = load_registry(config["PARTICIPANTS_MACHINES"])
+    store = Store(config["PARTICIPANTS_DATABASE"],
+                  synchronous=str(config["PARTICIPANTS_SYNCHRONOUS"]),
+                  busy_timeout_ms=_int(config, "PARTICIPANTS_BUSY_TIMEOUT_MS"))
+    service = Service(store, idempotency_retention_ms=1000 * _int(
+        config, "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS"))
+    app.extensions["participants"] = Participants(types, store, service,
+                                                  token_table(_tokens(config)))
+    log.info("SQLite %s, schema version %d, database %s", store.sqlite_version,
+             store.schema_version, store.path)
+
+    from .api import bp, update
+
+    base = "/" + str(config["PARTICIPANTS_BASE_PATH"]).strip("/")
+    app.register_blueprint(bp, url_prefix=base)
+    # The seed's sample request: PUT {{baseUrl}}/participant/{plural}/{id}
+    alias = base.rsplit("/", 1)[0] + "/participant/<plural>/<pid>"
+    app.add_url_rule(alias, "participant_alias", update, methods=["PUT"])
+    app.register_error_handler(Exception, _handle_error)
     return app
+
+
+def _handle_error(error: Exception) -> Response:
+    status, code = status_and_code(error)
+    if status >= 500:
+        log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        description = "internal error; the request was not applied"
+    elif isinstance(error, HTTPException):
+        description = error.description or error.name
+    else:
+        description = str(getattr(error, "description", None) or error)
+    issues = getattr(error, "issues", None) or []
+    body = {
+        "error": {"code": code, "description": description,
+                  "additionalInfo": {"errors": [i.as_dict() for i in issues]}},
+        "request": {"uri": request.path, "method": request.method,
+                    "queryString": request.query_string.decode("utf-8", "replace"),
+                    "body": g.get("body")},
+    }
+    headers = {"Allow": ", ".join(error.valid_methods)} \
+        if getattr(error, "valid_methods", None) else None
+    return Response(json.dumps(body, separators=(",", ":")), status=status,
+                    mimetype="application/json", headers=headers)
+

@@ -1,0 +1,236 @@
+"""Create, update and transition participants: validate, decide, then one atomic write."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import events, idempotency
+from . import failures as F
+from .decisions import Change, Failure, Snapshot, decide
+from .errors import Issue, ParticipantNotFound, PreconditionFailed
+from .events import EventContext
+from .registry import ParticipantType
+from .store import Store, StoredParticipant, now_ms
+
+__all__ = ["Command", "Service", "WriteResult", "participant_id_for"]
+
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "participant-service/participants")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def participant_id_for(tenant_id: str, plural: str, unique_code: str) -> str:
+    """`{plural}:{uuid5}` from tenant, type and uniqueCode: a repeated create names the same id."""
+    return f"{plural}:{uuid.uuid5(_NAMESPACE, json.dumps([tenant_id, plural, unique_code]))}"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One write request, already checked for shape by the web layer."""
+
+    kind: str                        # "create", "update" or "state"
+    tenant_id: str
+    request_id: str
+    fingerprint: str
+    change: Change
+    participant_id: str | None = None
+    unique_code: str | None = None   # create only
+    user_info: dict | None = None
+    callback: dict | None = None     # {url, meta}
+    callback_secret: str | None = None
+    on_error: dict | None = None
+    if_match: int | None = None
+    data: dict = field(default_factory=dict)   # what the request changed, for the event
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    status: int
+    body: str
+    replayed: bool
+
+
+Render = Callable[[str, dict, "str | None"], tuple[int, str]]
+
+
+def _index_value(value):
+    """What an indexed attribute stores in attribute_index (SQLite has 64-bit integers)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        as_float = float(value) if abs(value) < 1e308 else math.copysign(math.inf, value)
+        return as_float
+    return value
+
+
+class Service:
+    """The participant operations over one Store."""
+
+    def __init__(self, store: Store, *, idempotency_retention_ms: int = 86_400_000,
+                 prune_every: int = 500):
+        self.store = store
+        self.retention_ms = idempotency_retention_ms
+        self.prune_every = prune_every
+        self._writes = 0
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, tenant_id: str, participant_id: str) -> StoredParticipant:
+        participant = self.store.participant(self.store.conn, tenant_id, participant_id)
+        if participant is None:
+            raise ParticipantNotFound(participant_id)
+        return participant
+
+    def history(self, tenant_id: str, participant_id: str, limit: int, offset: int):
+        self.get(tenant_id, participant_id)
+        return events.history(self.store.conn, tenant_id, participant_id, limit, offset)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def execute(self, ptype: ParticipantType, command: Command, render: Render) -> WriteResult:
+        """Run one write: replay it if already answered, else decide and commit it at once."""
+        now = now_ms()
+        with self.store.write() as conn:
+            replay = idempotency.lookup(conn, command.tenant_id, command.request_id,
+                                        command.fingerprint, now)
+            if replay is not None:
+                return WriteResult(replay[0], replay[1], True)
+            record, state = self._apply(conn, ptype, command, now)
+            status, body = render(record["entityInstanceId"], record, state)
+            idempotency.save(conn, command.tenant_id, command.request_id, command.fingerprint,
+                             status, body, now)
+            self._writes += 1
+            if self._writes % self.prune_every == 0:
+                idempotency.prune(conn, now - self.retention_ms)
+        return WriteResult(status, body, False)
+
+    def _apply(self, conn, ptype: ParticipantType, command: Command, now: int
+               ) -> tuple[dict, str | None]:
+        definition = ptype.definition
+        if command.kind == "create":
+            participant_id = participant_id_for(command.tenant_id, definition.plural,
+                                                command.unique_code)
+        else:
+            participant_id = command.participant_id
+        current = self.store.participant(conn, command.tenant_id, participant_id)
+        if command.kind != "create":
+            if current is None or current.type != definition.plural:
+                raise ParticipantNotFound(participant_id)
+            if command.if_match is not None and command.if_match != current.version:
+                raise PreconditionFailed(command.if_match, current.version)
+
+        kind = command.kind
+        if kind == "update" and command.change.event_code is not None:
+            kind = "combined"
+        if command.kind == "create" and current is not None:
+            result = Failure(F.ALREADY_EXISTS, (Issue("$.uniqueCode", (
+                f"a {definition.singular} with uniqueCode '{command.unique_code}' already "
+                f"exists: {participant_id}")),))
+        else:
+            snapshot = None if current is None else Snapshot(current.state, current.properties,
+                                                             current.core)
+            result = decide(ptype, snapshot, command.change)
+
+        stored_callback = current.callback if current else None
+        callback = command.callback or stored_callback
+        ctx = EventContext(command.tenant_id, command.request_id, command.user_info, callback)
+        data = {"entityName": definition.plural, "appId": "participants",
+                "updatedBy": command.user_info, "updatedAt": str(now),
+                "uniqueCode": command.unique_code or (current.unique_code if current else None),
+                **command.data}
+        sequence = events.next_sequence(conn, command.tenant_id, participant_id)
+        common = dict(definition=definition, kind=kind, ctx=ctx, participant_id=participant_id,
+                      unique_code=data["uniqueCode"], data=data, sequence=sequence,
+                      created_at=now, event_code=command.change.event_code,
+                      reason_code=command.change.reason_code)
+        if not result.ok:
+            record = events.envelope(
+                **common, success=False, reason=result.reason, error_code=result.error_code,
+                errors=[i.as_dict() for i in result.issues], entity_after=None,
+                version=current.version if current else 0)
+            events.append(conn, record)
+            self._enqueue(conn, command, record, callback, now, failed=True)
+            return record, current.state if current else None
+
+        row = self._save(conn, ptype, command, current, participant_id, result, now)
+        record = events.envelope(**common, success=True, entity_after=events.entity(definition, row),
+                                 version=row["version"])
+        events.append(conn, record)
+        self._enqueue(conn, command, record, callback, now, failed=False)
+        return record, row["state"]
+
+    def _save(self, conn, ptype, command: Command, current: StoredParticipant | None,
+              participant_id: str, outcome, now: int) -> dict:
+        """Insert or compare-and-set the participant row and its index rows."""
+        core = outcome.core
+        user = json.dumps(command.user_info) if command.user_info is not None else None
+        properties = json.dumps(outcome.properties, separators=(",", ":"), ensure_ascii=False)
+        callback = command.callback or (current.callback if current else None)
+        callback_json = json.dumps(callback) if callback is not None else None
+        if current is None:
+            version, created_at, created_by, entered = 1, now, command.user_info, now
+            conn.execute(
+                "INSERT INTO participants (tenant_id, id, type, unique_code, name, owner,"
+                " category, sub_category, template_id, state, properties, version, created_at,"
+                " updated_at, state_entered_at, created_by, updated_by, callback)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+                (command.tenant_id, participant_id, ptype.plural, command.unique_code,
+                 core.get("name"), core.get("owner"), core.get("category"),
+                 core.get("subCategory"), core.get("templateId"), outcome.state, properties,
+                 now, now, now, user, user, callback_json),
+            )
+        else:
+            version, created_at, created_by = current.version + 1, current.created_at, \
+                current.created_by
+            entered = now if outcome.state != current.state else current.state_entered_at
+            cursor = conn.execute(
+                "UPDATE participants SET name = ?, owner = ?, category = ?, sub_category = ?,"
+                " template_id = ?, state = ?, properties = ?, version = version + 1,"
+                " updated_at = ?, state_entered_at = ?, updated_by = ?, callback = ?"
+                " WHERE tenant_id = ? AND id = ? AND version = ?",
+                (core.get("name"), core.get("owner"), core.get("category"),
+                 core.get("subCategory"), core.get("templateId"), outcome.state, properties,
+                 now, entered, user, callback_json, command.tenant_id, participant_id,
+                 current.version),
+            )
+            if cursor.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never write blind
+                raise RuntimeError(f"compare-and-set failed on {participant_id}")
+            conn.execute("DELETE FROM attribute_index WHERE tenant_id = ? AND type = ?"
+                         " AND participant_id = ?",
+                         (command.tenant_id, ptype.plural, participant_id))
+        indexed = [(command.tenant_id, ptype.plural, name, _index_value(outcome.properties[name]),
+                    participant_id)
+                   for name in ptype.definition.indexed_attributes if name in outcome.properties]
+        if indexed:
+            conn.executemany("INSERT INTO attribute_index (tenant_id, type, name, value,"
+                             " participant_id) VALUES (?, ?, ?, ?, ?)", indexed)
+        return {
+            "tenant_id": command.tenant_id, "id": participant_id, "type": ptype.plural,
+            "unique_code": command.unique_code or current.unique_code,
+            "name": core.get("name"), "owner": core.get("owner"),
+            "category": core.get("category"), "sub_category": core.get("subCategory"),
+            "template_id": core.get("templateId"), "state": outcome.state,
+            "properties": outcome.properties, "version": version, "created_at": created_at,
+            "updated_at": now, "state_entered_at": entered, "created_by": created_by,
+            "updated_by": command.user_info, "callback": callback,
+        }
+
+    def _enqueue(self, conn, command: Command, record: dict, callback: dict | None, now: int,
+                 *, failed: bool) -> None:
+        """Outbox rows for the deliveries this event owes, in the event's transaction."""
+        targets = []
+        if callback and callback.get("url"):
+            targets.append(("callback", callback["url"]))
+        if failed and command.on_error and command.on_error.get("url"):
+            targets.append(("onError", command.on_error["url"]))
+        for kind, url in targets:
+            conn.execute(
+                "INSERT INTO outbox (event_id, tenant_id, participant_id, kind, url, secret,"
+                " status, attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?,"
+                " 'pending', 0, ?, ?)",
+                (record["event"]["id"], command.tenant_id, record["entityInstanceId"], kind, url,
+                 command.callback_secret, now, now),
+            )

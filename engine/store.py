@@ -1,0 +1,221 @@
+"""SQLite storage: schema and migrations (sqlite-utils), and the few statements of the hot path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.db import sqlite3
+
+__all__ = ["SCHEMA_VERSION", "Store", "StoredParticipant", "sqlite3"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_APPEND_ONLY = """
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE is refused'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE is refused'); END;
+-- REPLACE deletes the conflicting row without firing DELETE triggers (unless recursive
+-- triggers are on); refusing any insert that would conflict closes that door too.
+CREATE TRIGGER IF NOT EXISTS events_no_replace BEFORE INSERT ON events
+WHEN EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq OR id = NEW.id
+             OR (tenant_id = NEW.tenant_id AND participant_id = NEW.participant_id
+                 AND sequence = NEW.sequence))
+BEGIN SELECT RAISE(ABORT, 'events are append-only: REPLACE is refused'); END;
+"""
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db["participants"].create({
+        "tenant_id": str, "id": str, "type": str, "unique_code": str, "name": str,
+        "owner": str, "category": str, "sub_category": str, "template_id": str,
+        "state": str, "properties": str, "version": int, "created_at": int,
+        "updated_at": int, "state_entered_at": int, "created_by": str, "updated_by": str,
+        "callback": str, "archived_at": int,
+    }, pk=("tenant_id", "id"), not_null={"type", "unique_code", "state", "properties",
+                                          "version", "created_at", "updated_at"})
+    db["participants"].create_index(["tenant_id", "type", "created_at"])
+    db["participants"].create_index(["tenant_id", "type", "unique_code"], unique=True)
+    db["participants"].create_index(["state", "state_entered_at"])
+    db["attribute_index"].create({
+        "tenant_id": str, "type": str, "name": str, "value": bytes, "participant_id": str,
+    }, pk=("tenant_id", "type", "name", "participant_id"))
+    # value is declared BLOB (no type affinity), so numbers compare as numbers, text as text
+    db.execute("CREATE INDEX attribute_index_lookup ON attribute_index "
+               "(tenant_id, type, name, value, participant_id)")
+    db["events"].create({
+        "seq": int, "id": str, "tenant_id": str, "participant_id": str, "participant_type": str,
+        "sequence": int, "version": int, "command_name": str, "success": int,
+        "request_id": str, "created_at": int, "body": str,
+    }, pk="seq", not_null={"id", "tenant_id", "participant_id", "sequence", "body"})
+    db["events"].create_index(["id"], unique=True)
+    db["events"].create_index(["tenant_id", "participant_id", "sequence"], unique=True)
+    db["idempotency"].create({
+        "tenant_id": str, "request_id": str, "fingerprint": str, "status": int,
+        "response": str, "created_at": int, "lease_until": int,
+    }, pk=("tenant_id", "request_id"))
+    db["idempotency"].create_index(["created_at"])
+    db["outbox"].create({
+        "id": int, "event_id": str, "tenant_id": str, "participant_id": str, "kind": str,
+        "url": str, "secret": str, "status": str, "attempts": int, "next_attempt_at": int,
+        "created_at": int, "last_error": str,
+    }, pk="id", not_null={"event_id", "url", "status", "kind"})
+    db["outbox"].create_index(["status", "next_attempt_at"])
+    db.executescript(_APPEND_ONLY)
+
+
+MIGRATIONS = {1: _migrate_1}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredParticipant:
+    tenant_id: str
+    id: str
+    type: str
+    unique_code: str
+    name: str | None
+    owner: str | None
+    category: str | None
+    sub_category: str | None
+    template_id: str | None
+    state: str
+    properties: dict
+    version: int
+    created_at: int
+    updated_at: int
+    state_entered_at: int
+    created_by: dict | None
+    updated_by: dict | None
+    callback: dict | None
+
+    @property
+    def core(self) -> dict:
+        return {"name": self.name, "owner": self.owner, "category": self.category,
+                "subCategory": self.sub_category, "templateId": self.template_id}
+
+
+PARTICIPANT_COLUMNS = (
+    "tenant_id, id, type, unique_code, name, owner, category, sub_category, template_id, "
+    "state, properties, version, created_at, updated_at, state_entered_at, created_by, "
+    "updated_by, callback"
+)
+
+
+def _load_json(text):
+    return json.loads(text) if text is not None else None
+
+
+def participant_from_row(row) -> StoredParticipant:
+    values = list(row)
+    for i in (10, 15, 16, 17):
+        values[i] = _load_json(values[i])
+    return StoredParticipant(*values)
+
+
+class Store:
+    """One SQLite file: connections per thread, schema migrations, and the write transaction."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 30_000):
+        self.path = str(path)
+        if synchronous.upper() not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+
+    # -- connections ---------------------------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection in autocommit mode; transactions are begun explicitly."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self.busy_timeout_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (a sync worker serves one request at a time)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.connect()
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @property
+    def sqlite_version(self) -> str:
+        return self.conn.execute("SELECT sqlite_version()").fetchone()[0]
+
+    # -- schema --------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the file's schema to SCHEMA_VERSION, one migration per transaction."""
+        conn = self.connect()
+        try:
+            db = sqlite_utils.Database(conn, recursive_triggers=False)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    MIGRATIONS[version](db)
+                    conn.execute(f"PRAGMA user_version = {version}")
+                    log.info("migrated %s to schema version %d", self.path, version)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    # -- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- hot-path statements -------------------------------------------------------------
+
+    def participant(self, conn, tenant_id: str, participant_id: str) -> StoredParticipant | None:
+        row = conn.execute(
+            f"SELECT {PARTICIPANT_COLUMNS} FROM participants "
+            "WHERE tenant_id = ? AND id = ? AND archived_at IS NULL",
+            (tenant_id, participant_id),
+        ).fetchone()
+        return participant_from_row(row) if row else None

@@ -1,0 +1,211 @@
+"""The participants blueprint: thin views that parse, call the service, shape the response."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app, request
+
+from engine import idempotency
+from engine.decisions import CORE_EDITABLE, Change
+from engine.errors import Issue, ParticipantNotFound
+from engine.queries import OPERATORS, ListQuery
+from engine.queries import run as run_query
+from engine.service import Command
+
+from . import views
+from .errors import BadRequest
+from .http import OPENAPI, Caller, authenticate, if_match, read_json, strict_loads, validate
+
+bp = Blueprint("participants", __name__)
+
+
+def dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def echo(body=None) -> dict:
+    """The request as the response's `request` member."""
+    return {"uri": request.path, "method": request.method,
+            "queryString": request.query_string.decode("utf-8", "replace"), "body": body}
+
+
+def respond(data, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(dumps({"data": data, "request": echo()}),
+                    status=status, mimetype="application/json", headers=headers)
+
+
+def _state():
+    return current_app.extensions["participants"]
+
+
+def _caller() -> Caller:
+    return authenticate(request, _state().tokens)
+
+
+def _type(plural: str):
+    return _state().types[plural]
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}",
+                         [Issue(f"$.{name}", f"must be a whole number from {low} to {high}")])
+    return int(raw)
+
+
+# -- participant types ------------------------------------------------------------------------
+
+@bp.get("/participant-types")
+def list_types():
+    _caller()
+    types = _state().types
+    return respond({"participantTypes": [views.participant_type(t.definition)
+                                         for t in types.values()]})
+
+
+@bp.get("/participant-types/<plural>")
+def get_type(plural):
+    _caller()
+    ptype = _type(plural)
+    return respond(views.participant_type(ptype.definition, ptype.machine.diagram()))
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return Response(dumps(OPENAPI), mimetype="application/json")
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+@bp.get("/<plural>/<pid>")
+def get_participant(plural, pid):
+    caller = _caller()
+    _type(plural)
+    p = _state().service.get(caller.tenant_id, _own(plural, pid))
+    return respond(views.participant(p), headers={"ETag": f'"{p.version}"'})
+
+
+@bp.get("/<plural>/<pid>/state")
+def get_state(plural, pid):
+    caller = _caller()
+    ptype = _type(plural)
+    p = _state().service.get(caller.tenant_id, _own(plural, pid))
+    return respond(views.state(ptype.definition, p), headers={"ETag": f'"{p.version}"'})
+
+
+@bp.get("/<plural>/<pid>/events")
+def get_events(plural, pid):
+    caller = _caller()
+    _type(plural)
+    limit = _int_arg("limit", 50, 1, 100)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    records, total = _state().service.history(caller.tenant_id, _own(plural, pid), limit, offset)
+    return respond({"events": records, "meta": {"totalElements": total}})
+
+
+@bp.get("/<plural>")
+def list_participants(plural):
+    caller = _caller()
+    ptype = _type(plural)
+    known = {"query", "limit", "offset", "sortKey", "sortBy", "select[]", "select"}
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}",
+                         [Issue(f"$.{k}", "unknown query parameter") for k in unknown])
+    clauses = {}
+    raw = request.args.get("query")
+    if raw:
+        try:
+            clauses = strict_loads(raw)
+        except ValueError as error:
+            raise BadRequest(f"query is not valid JSON: {error}",
+                             [Issue("$.query", str(error))]) from None
+        if not isinstance(clauses, dict):
+            raise BadRequest("query must be a JSON object", [Issue("$.query", "must be an object")])
+        bad = sorted(set(clauses) - set(OPERATORS))
+        if bad:
+            raise BadRequest(f"unknown query operator(s): {', '.join(bad)}",
+                             [Issue(f"$.query.{k}", f"unknown operator; use one of "
+                                                    f"{', '.join(OPERATORS)}") for k in bad])
+        validate("Query", clauses)
+    sort_by = request.args.get("sortBy", "desc")
+    if sort_by not in ("asc", "desc"):
+        raise BadRequest("sortBy must be asc or desc", [Issue("$.sortBy", "must be asc or desc")])
+    query = ListQuery(clauses, _int_arg("limit", 50, 1, 100), _int_arg("offset", 0, 0, 10**9),
+                      request.args.get("sortKey", "createdAt"), sort_by)
+    select = request.args.getlist("select[]") + request.args.getlist("select")
+    rows, total = run_query(_state().store.conn, ptype.definition, caller.tenant_id, query)
+    return respond({"participants": [views.participant(p, select) for p in rows],
+                    "meta": {"totalElements": total}})
+
+
+def _own(plural: str, pid: str) -> str:
+    """The id, if it can name a participant of this type (ids start with the plural)."""
+    if not pid.startswith(f"{plural}:"):
+        raise ParticipantNotFound(pid)
+    return pid
+
+
+# -- writes -----------------------------------------------------------------------------------
+
+def _write(kind: str, plural: str, schema: str, pid: str | None = None) -> Response:
+    caller = _caller()
+    ptype = _type(plural)
+    expected = if_match(request) if kind != "create" else None
+    body = read_json(request)
+    validate(schema, body)
+    request_echo = echo(body)
+
+    if kind == "state":
+        timestamp = body["timestamp"]
+        change = Change(event_code=body["eventCode"], reason_code=body.get("reasonCode"),
+                        event_data=body.get("data") or {}, event_path="$")
+        data = {"eventCode": body["eventCode"], "reasonCode": body.get("reasonCode"),
+                "timestamp": int(timestamp if timestamp > 1e11 else timestamp * 1000),
+                "data": body.get("data") or {}, "source": body["source"]}
+    else:
+        transition = body.get("stateTransition") or {}
+        core = {k: body[k] for k in CORE_EDITABLE if k in body}
+        change = Change(properties=body.get("properties") or {}, core=core,
+                        event_code=transition.get("eventCode"),
+                        reason_code=transition.get("reasonCode"))
+        data = {"properties": body.get("properties") or {}, **core}
+        if transition:
+            data.update(eventCode=transition.get("eventCode"),
+                        reasonCode=transition.get("reasonCode"))
+    command = Command(
+        kind=kind, tenant_id=caller.tenant_id, request_id=caller.request_id,
+        fingerprint=idempotency.fingerprint(request.method, request.path, body),
+        change=change, participant_id=_own(plural, pid) if pid else None,
+        unique_code=body.get("uniqueCode") if kind == "create" else None,
+        user_info=caller.user_info, callback=body.get("callback"),
+        callback_secret=caller.callback_secret, on_error=body.get("onError"),
+        if_match=expected, data=data,
+    )
+
+    def render(participant_id: str, record: dict, state: str | None) -> tuple[int, str]:
+        event = views.event_summary(record, state)
+        return 202, dumps({"data": {"id": participant_id, "event": event},
+                           "request": request_echo})
+
+    result = _state().service.execute(ptype, command, render)
+    return Response(result.body, status=result.status, mimetype="application/json")
+
+
+@bp.post("/<plural>")
+def create(plural):
+    return _write("create", plural, "CreateRequest")
+
+
+@bp.put("/<plural>/<pid>")
+def update(plural, pid):
+    return _write("update", plural, "UpdateRequest", pid)
+
+
+@bp.put("/<plural>/<pid>/state/event")
+def transition(plural, pid):
+    return _write("state", plural, "StateEventRequest", pid)

@@ -1,0 +1,226 @@
+"""Reading requests strictly: headers, the caller's identity, JSON bodies, and their shape."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import jsonschema
+import referencing
+from flask import Request, g
+from referencing.jsonschema import DRAFT202012
+
+from engine.attributes import json_path
+from engine.errors import Issue
+from engine.yamlfile import load_text
+
+from .errors import BadRequest, Unauthorized, UnsupportedMediaType
+
+__all__ = ["Caller", "OPENAPI", "authenticate", "if_match", "read_json", "validate"]
+
+MAX_DEPTH = 32
+MAX_HEADER = {"X-COREOS-REQUEST-ID": 255, "X-COREOS-TID": 128, "X-COREOS-ACCESS": 1024,
+              "X-COREOS-USERINFO": 4096, "X-COREOS-CALLBACK-SECRET": 1024}
+PROTECTED = {"id", "state", "version", "createdAt", "updatedAt", "tenantId", "createdBy",
+             "updatedBy", "participantType", "uniqueCode", "mainState", "subState"}
+_PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
+
+
+def _load_openapi() -> dict:
+    text = resources.files("webapp").joinpath("openapi.yaml").read_text("utf-8")
+    doc = load_text(text, "openapi.yaml")
+    if not doc.readable:
+        raise RuntimeError(f"openapi.yaml is unreadable: {doc.problems}")
+    return doc.data
+
+
+OPENAPI = _load_openapi()
+_OPENAPI_ID = "urn:participant-service:openapi"
+_REGISTRY = referencing.Registry().with_resource(
+    _OPENAPI_ID, DRAFT202012.create_resource(OPENAPI))
+_VALIDATORS: dict[str, jsonschema.Draft202012Validator] = {}
+
+
+def schema_validator(name: str) -> jsonschema.Draft202012Validator:
+    """The compiled validator of components.schemas[name] of the OpenAPI document."""
+    validator = _VALIDATORS.get(name)
+    if validator is None:
+        validator = _VALIDATORS[name] = jsonschema.Draft202012Validator(
+            {"$ref": f"{_OPENAPI_ID}#/components/schemas/{name}"}, registry=_REGISTRY)
+    return validator
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant_id: str
+    request_id: str
+    token: str
+    user_info: dict | None
+    callback_secret: str | None
+
+
+def _header(request: Request, name: str, *, required: bool) -> str | None:
+    value = request.headers.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"the header {name} is required",
+                             [Issue(f"$.headers.{name}", "is required")])
+        return None
+    if len(value) > MAX_HEADER[name]:
+        raise BadRequest(f"the header {name} is longer than {MAX_HEADER[name]} characters",
+                         [Issue(f"$.headers.{name}", f"at most {MAX_HEADER[name]} characters")])
+    if not _PRINTABLE.match(value):
+        raise BadRequest(f"the header {name} must be printable ASCII",
+                         [Issue(f"$.headers.{name}", "must be printable ASCII")])
+    return value
+
+
+def token_table(tokens: dict[str, str]) -> dict[bytes, tuple[bytes, str]]:
+    """Access tokens by SHA-256 digest, so lookups leak nothing about a token's text."""
+    table = {}
+    for token, tenant in tokens.items():
+        digest = hashlib.sha256(token.encode()).digest()
+        table[digest] = (digest, tenant)
+    return table
+
+
+def authenticate(request: Request, tokens: dict[bytes, tuple[bytes, str]]) -> Caller:
+    """Check the headers every call needs; 400 when malformed, 401 when not allowed."""
+    request_id = _header(request, "X-COREOS-REQUEST-ID", required=True)
+    tenant_id = _header(request, "X-COREOS-TID", required=True)
+    token = request.headers.get("X-COREOS-ACCESS", "")
+    digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    known_digest, tenant = tokens.get(digest, (b"\0" * 32, None))
+    if not token or not hmac.compare_digest(digest, known_digest) or tenant != tenant_id:
+        raise Unauthorized("the access token is missing, unknown, or not valid for this tenant")
+    user_info = None
+    raw = _header(request, "X-COREOS-USERINFO", required=False)
+    if raw is not None:
+        try:
+            user_info = strict_loads(raw)
+        except ValueError as error:
+            raise BadRequest(f"X-COREOS-USERINFO is not valid JSON: {error}",
+                             [Issue("$.headers.X-COREOS-USERINFO", str(error))]) from None
+        problems = [Issue(json_path("$.headers.X-COREOS-USERINFO", *e.absolute_path), e.message)
+                    for e in schema_validator("UserInfo").iter_errors(user_info)]
+        if not isinstance(user_info, dict) or problems:
+            raise BadRequest("X-COREOS-USERINFO must be a JSON object {id, name, appId} of texts",
+                             problems)
+    secret = _header(request, "X-COREOS-CALLBACK-SECRET", required=False)
+    return Caller(tenant_id, request_id, token, user_info, secret)
+
+
+def _pairs(pairs):
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key '{key}'")
+        result[key] = value
+    return result
+
+
+def _constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_nesting(value, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_nesting(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_nesting(item, depth + 1)
+    elif isinstance(value, str):
+        _check_text(value)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string contains a lone surrogate (\\ud800-\\udfff)") from None
+
+
+def strict_loads(text: str):
+    """json.loads that refuses duplicate keys, NaN/Infinity, lone surrogates and deep nesting."""
+    try:
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{error.msg} at line {error.lineno} column {error.colno}") from None
+    # Cheap guards first: deep nesting needs many brackets, a surrogate needs a \u escape.
+    if text.count("{") + text.count("[") > MAX_DEPTH or "\\u" in text:
+        _check_nesting(value)
+    return value
+
+
+def read_json(request: Request):
+    """The body as JSON: 415 unless declared JSON, 413 over the limit, 400 when malformed."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(
+            f"the body must be application/json, not {request.mimetype or 'undeclared'}")
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    if not raw:
+        raise BadRequest("the body is empty; send a JSON object", [Issue("$", "is required")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BadRequest(f"the body is not UTF-8 (byte {error.start})",
+                         [Issue("$", "is not UTF-8")]) from None
+    try:
+        body = strict_loads(text)
+    except ValueError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}", [Issue("$", str(error))]) from None
+    g.body = body  # echoed in error responses from here on
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", [Issue("$", "must be an object")])
+    return body
+
+
+def _issues(error: jsonschema.ValidationError):
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        for key in sorted(set(error.instance) - set(error.schema.get("properties", {}))):
+            where = json_path("$", *path, key)
+            if not path and key in PROTECTED:
+                yield Issue(where, f"'{key}' is a protected field and cannot be set here")
+            else:
+                yield Issue(where, f"unknown field '{key}'")
+    elif error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else ""
+        yield Issue(json_path("$", *path, missing), "is required")
+    elif error.validator == "pattern":
+        yield Issue(json_path("$", *path), f"'{error.instance}' is not a valid "
+                    f"{error.schema.get('description', 'value')}")
+    else:
+        yield Issue(json_path("$", *path), error.message)
+
+
+def validate(schema_name: str, body) -> None:
+    """400 with every problem when `body` does not fit the API's request schema."""
+    validator = schema_validator(schema_name)
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        issues = [issue for error in errors for issue in _issues(error)]
+        raise BadRequest("the request does not match the API: "
+                         + "; ".join(f"{i.path} {i.message}" for i in issues[:5]), issues)
+
+
+def if_match(request: Request) -> int | None:
+    """The version named by If-Match ('3', '"3"', 'W/"3"'); None when absent or '*'."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 18:
+        raise BadRequest("If-Match must name a participant version, e.g. \"3\"",
+                         [Issue("$.headers.If-Match", "must be a version number")])
+    return int(text)
