@@ -65,7 +65,8 @@ class _Builder:
             condition, values = f"{target} = ?", [_index_value(clause["value"])]
         elif operator == "terms":
             marks = ", ".join("?" * len(clause["values"]))
-            condition, values = f"{target} IN ({marks})", [_index_value(v) for v in clause["values"]]
+            condition = f"{target} IN ({marks})"
+            values = [_index_value(v) for v in clause["values"]]
         elif operator == "range":
             condition = f"{target} {RELATIONS[clause['relation']]} ?"
             values = [clause["value"]]

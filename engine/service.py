@@ -156,8 +156,8 @@ class Service:
             return record, current.state if current else None
 
         row = self._save(conn, ptype, command, current, participant_id, result, now)
-        record = events.envelope(**common, success=True, entity_after=events.entity(definition, row),
-                                 version=row["version"])
+        record = events.envelope(**common, success=True, version=row["version"],
+                                 entity_after=events.entity(definition, row))
         events.append(conn, record)
         self._enqueue(conn, command, record, callback, now, failed=False)
         return record, row["state"]

@@ -130,7 +130,8 @@ def participant_from_row(row) -> StoredParticipant:
 class Store:
     """One SQLite file: connections per thread, schema migrations, and the write transaction."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_ms: int = 30_000):
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL",
+                 busy_timeout_ms: int = 30_000):
         self.path = str(path)
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")

@@ -22,6 +22,10 @@ _YAML11_BOOL = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OF
 _COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 _SCALAR_TAGS = tuple(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null"))
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
+_NOT_A_KEY = object()
+_KINDS = {list: "a list", str: "text", int: "a number", float: "a number", bool: "a boolean",
+          type(None): "null"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ class _Builder:
         self.doc = doc
         self.count = 0
         self.constructor = yaml.SafeLoader("")  # used only to construct scalars
+        self.merged: dict[int, int] = {}  # id(mapping node) -> leading entries `<<:` merged in
 
     def build(self, node: yaml.Node, path: tuple, depth: int = 0):
         self.count += 1
@@ -96,7 +101,7 @@ class _Builder:
         if node.tag not in _SCALAR_TAGS:
             raise yaml.constructor.ConstructorError(
                 None, None, f"the tag {node.tag} is not allowed", node.start_mark)
-        value = self.constructor.construct_object(node, deep=True)
+        value = self._scalar(node)
         if isinstance(value, float) and not math.isfinite(value):
             raise yaml.constructor.ConstructorError(
                 None, None, f"'{node.value}' is not a JSON number", node.start_mark)
@@ -109,27 +114,48 @@ class _Builder:
             ))
         return value
 
+    def _scalar(self, node: yaml.ScalarNode):
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (ValueError, TypeError, KeyError, IndexError):  # e.g. `!!int abc`, `!!bool maybe`
+            raise yaml.constructor.ConstructorError(
+                None, None, f"'{node.value}' is not a valid {node.tag.rsplit(':', 1)[-1]}",
+                node.start_mark) from None
+
+    def _key(self, key_node: yaml.Node, path: tuple):
+        """The key as text, reporting keys that are not plain names or that YAML 1.1 misreads."""
+        line, col = _mark(key_node)
+        if not isinstance(key_node, yaml.ScalarNode):
+            self.doc.problems.append(YamlProblem(
+                "E000", path, line, col, "a mapping key must be a plain name"))
+            return _NOT_A_KEY
+        key = self._scalar(key_node)
+        if isinstance(key, bool) or key is None:
+            what = "null" if key is None else f"the boolean {str(key).lower()}"
+            self.doc.problems.append(YamlProblem(
+                "E003", path + (key_node.value,), line, col,
+                f"key '{key_node.value}' is read as {what} (YAML 1.1); quote it: "
+                f"'{key_node.value}':",
+            ))
+            return key_node.value
+        if not isinstance(key, str):
+            return key_node.value  # numbers as keys: keep the text the author wrote
+        return key
+
     def _mapping(self, node: yaml.MappingNode, path: tuple, depth: int) -> dict:
-        self.constructor.flatten_mapping(node)  # resolves `<<:` merge keys
+        if id(node) not in self.merged:  # an aliased mapping is flattened only once
+            own = sum(key_node.tag != _MERGE for key_node, _value in node.value)
+            self.constructor.flatten_mapping(node)  # resolves `<<:`, putting merged entries first
+            self.merged[id(node)] = len(node.value) - own
+        merged = self.merged[id(node)]
+        keys = [self._key(key_node, path) for key_node, _value in node.value]
         result: dict = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                line, col = _mark(key_node)
-                self.doc.problems.append(YamlProblem(
-                    "E000", path, line, col, "a mapping key must be a plain name"))
+        for index, ((key_node, value_node), key) in enumerate(zip(node.value, keys, strict=True)):
+            if key is _NOT_A_KEY:
                 continue
-            key = self.constructor.construct_object(key_node)
+            if index < merged and key in keys[index + 1:]:
+                continue  # a merged entry gives way to a later one: that is what `<<:` is for
             line, col = _mark(key_node)
-            if isinstance(key, bool) or key is None:
-                what = "null" if key is None else f"the boolean {str(key).lower()}"
-                self.doc.problems.append(YamlProblem(
-                    "E003", path + (key_node.value,), line, col,
-                    f"key '{key_node.value}' is read as {what} (YAML 1.1); quote it: "
-                    f"'{key_node.value}':",
-                ))
-                key = key_node.value
-            elif not isinstance(key, str):
-                key = key_node.value  # numbers as keys: keep the text the author wrote
             if key in result:
                 first = self.doc.keys.get(path + (key,), (0, 0))[0]
                 self.doc.problems.append(YamlProblem(
@@ -143,15 +169,26 @@ class _Builder:
         return result
 
 
+def _syntax_problem(exc: yaml.MarkedYAMLError) -> YamlProblem:
+    """E000 at the problem, saying what the parser was in the middle of (its own wording)."""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    context = ""
+    if exc.context:  # "while parsing a flow sequence", "expected a single document", ...
+        start = exc.context_mark
+        context = exc.context + (f" (line {start.line + 1}, column {start.column + 1})"
+                                 if start and (start.line + 1, start.column + 1) != (line, col)
+                                 else "") + ", "
+    return YamlProblem("E000", (), line, col, f"not valid YAML: {context}{exc.problem}")
+
+
 def load_text(text: str, path: Path | str = "<string>") -> Document:
     """Parse YAML text into a Document; problems are recorded, never raised."""
     doc = Document(Path(path))
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        doc.problems.append(YamlProblem("E000", (), line, col, f"not valid YAML: {exc.problem}"))
+        doc.problems.append(_syntax_problem(exc))
         return doc
     except yaml.YAMLError as exc:
         doc.problems.append(YamlProblem("E000", (), 1, 1, f"not valid YAML: {exc}"))
@@ -174,9 +211,7 @@ def load_text(text: str, path: Path | str = "<string>") -> Document:
         )]
         return doc
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        doc.problems.append(YamlProblem("E000", (), line, col, f"not valid YAML: {exc.problem}"))
+        doc.problems.append(_syntax_problem(exc))
         return doc
     except (yaml.YAMLError, ValueError, TypeError) as exc:
         doc.problems.append(YamlProblem("E000", (), 1, 1, f"not valid YAML: {exc}"))
@@ -185,7 +220,7 @@ def load_text(text: str, path: Path | str = "<string>") -> Document:
         line, col = _mark(node)
         doc.problems.append(YamlProblem(
             "E000", (), line, col,
-            f"the file must be a mapping of keys to values, not a {type(doc.data).__name__}",
+            f"the file must be a mapping of keys to values, not {_KINDS[type(doc.data)]}",
         ))
     return doc
 

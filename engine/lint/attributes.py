@@ -6,6 +6,9 @@ import re
 from collections.abc import Iterator
 
 import jsonschema
+import referencing
+import referencing.exceptions
+from referencing.jsonschema import DRAFT202012
 
 from ..attributes import compile_checks, run_checks
 from ..definitions import CORE_FIELDS, DATA_TYPES, attribute_from_config
@@ -42,9 +45,17 @@ def _schema_problems(schema: dict) -> Iterator[tuple[tuple, str]]:
     except jsonschema.SchemaError as error:
         yield tuple(error.path), f"not a valid JSON Schema: {error.message}"
         return
+    resource = DRAFT202012.create_resource(schema)
+    base = resource.id() or ""
+    resolver = referencing.Registry().with_resource(base, resource).resolver(base)
     for path, ref in _refs(schema, ()):
         if not ref.startswith("#"):
             yield path, f"'$ref: {ref}' points outside the file; only local references are allowed"
+            continue
+        try:
+            resolver.lookup(ref)
+        except referencing.exceptions.Unresolvable:  # it would fail at run time, not here
+            yield path, f"'$ref: {ref}' points to nothing in this schema"
 
 
 def _refs(node, path: tuple) -> Iterator[tuple[tuple, str]]:
@@ -139,11 +150,22 @@ def regexes_compile(ctx: Context):
                 yield Finding(path + ("regex",), f"regex {regex!r} is not valid: {error}")
 
 
+def _checkable(config: dict) -> bool:
+    """Whether an attribute's range and schema are sound enough to run on its defaultValue."""
+    bounds = mapping(mapping(config.get("validation")).get("range"))
+    if any(not isinstance(bounds.get(key, 0), int | float) for key in ("min", "max")):
+        return False
+    schema = config.get("schema")
+    return not (isinstance(schema, dict) and any(_schema_problems(schema)))
+
+
 @rule("E403", "A defaultValue satisfies its own attribute's validation")
 def defaults_valid(ctx: Context):
     for name, path, config in _attributes(ctx):
         if "defaultValue" not in config or config.get("dataType") not in DATA_TYPES:
             continue
+        if not _checkable(config):
+            continue  # E001/E301 report the malformed range or schema itself
         try:
             checks = compile_checks(attribute_from_config(name, config))
         except (re.error, jsonschema.SchemaError, TypeError, ValueError):

@@ -76,7 +76,8 @@ def shared_conflicts(ctx: Context):
 
 @rule("W105", "Every event a type declares is used by one of its transitions")
 def events_used(ctx: Context):
-    used = {t.get("eventCode") for _s, _p, t in transitions(ctx.data)}
+    used = {t.get("eventCode") for _s, _p, t in transitions(ctx.data)
+            if isinstance(t.get("eventCode"), str)}
     for code in ctx.section("events"):
         if code not in used and code not in ctx.shared("events"):
             yield Finding(("events", code),

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..definitions import qualify
 from ._rule import Context, Finding, mapping, rule, sequence
 from .codes import EVENT_CODE, suggest
-from .walk import initial_state, sub_states, transitions
+from .walk import initial_state, resolve, sub_states, transitions
 
 
 def _known_sub_states(data: dict) -> list[str]:
@@ -27,11 +26,11 @@ def _edges(data: dict) -> dict[str, set[str]]:
     states = mapping(data.get("states"))
     edges: dict[str, set[str]] = defaultdict(set)
     for source, _path, transition in transitions(data):
-        target = qualify(states, transition.get("destination"))
+        target = resolve(states, transition.get("destination"))
         if target:
             edges[source].add(target)
     for main, sub, _path, config in sub_states(data):
-        target = qualify(states, mapping(config.get("ttl")).get("destination"))
+        target = resolve(states, mapping(config.get("ttl")).get("destination"))
         if target:
             edges[f"{main}:{sub}"].add(target)
     return edges
@@ -55,7 +54,7 @@ def destinations(ctx: Context):
     places += [(p + ("ttl", "destination"), mapping(c.get("ttl")).get("destination"))
                for _m, _s, p, c in sub_states(ctx.data) if isinstance(c.get("ttl"), dict)]
     for path, destination in places:
-        if isinstance(destination, str) and qualify(states, destination) is None:
+        if isinstance(destination, str) and resolve(states, destination) is None:
             what = "transition" if path[-2] != "ttl" else "ttl"
             yield Finding(path, f"{what} goes to unknown sub-state '{destination}'"
                                 f"{suggest(destination, known)}")
@@ -141,14 +140,14 @@ def reachable(ctx: Context):
 def shared_events(ctx: Context):
     by_event: dict[tuple, list] = defaultdict(list)
     for source, path, transition in transitions(ctx.data):
-        by_event[(source, transition.get("eventCode"))].append((path, transition))
+        if isinstance(transition.get("eventCode"), str):  # E001 reports a malformed one
+            by_event[(source, transition["eventCode"])].append((path, transition))
     for (source, code), group in by_event.items():
-        if len(group) < 2:
+        guards = [mapping(t.get("guard")) for _p, t in group]
+        if len(group) < 2 or all(g.get("exclusive") is True for g in guards):
             continue
-        for path, transition in group[1:]:
-            guards = [mapping(t.get("guard")) for _p, t in group]
-            if not all(g.get("exclusive") is True for g in guards):
-                yield Finding(path, f"'{source}' has {len(group)} transitions on {code}; "
-                                    "unless their guards are mutually exclusive the first one "
-                                    "that passes wins; declare each guard `exclusive: true` "
-                                    "once you have made sure they cannot both hold")
+        for path, _transition in group[1:]:
+            yield Finding(path, f"'{source}' has {len(group)} transitions on {code}; "
+                                "unless their guards are mutually exclusive the first one "
+                                "that passes wins; declare each guard `exclusive: true` "
+                                "once you have made sure they cannot both hold")
