@@ -7,10 +7,9 @@ import math
 import re
 from collections.abc import Callable, Mapping
 
-import jsonschema
-
 from .definitions import Attribute, DataItem
 from .errors import Issue
+from .jsonschemas import CompiledSchema
 
 __all__ = ["AttributeValidator", "ValueCheck", "compile_checks", "json_path", "thaw"]
 
@@ -106,12 +105,11 @@ def compile_checks(spec: Attribute | DataItem) -> list[ValueCheck]:
                       else f"must be one of: {shown}")
     schema = getattr(spec, "schema", None)
     if schema is not None:
-        validator = jsonschema.Draft202012Validator(thaw(schema))
-        checks.append(_schema_check(validator))
+        checks.append(_schema_check(CompiledSchema(thaw(schema))))
     return checks
 
 
-def _schema_check(validator: jsonschema.Draft202012Validator) -> ValueCheck:
+def _schema_check(validator: CompiledSchema) -> ValueCheck:
     def check(value):
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
         if not errors:

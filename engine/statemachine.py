@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import jsonschema
 from transitions.extensions import GraphMachine
 
 from .attributes import json_path, thaw
 from .definitions import Condition, Definition
 from .errors import Issue
+from .jsonschemas import CompiledSchema
 
 __all__ = ["CompiledCondition", "StateMachine"]
 
@@ -21,7 +21,7 @@ class CompiledCondition:
 
     def __init__(self, condition: Condition):
         self.condition = condition
-        self.validator = jsonschema.Draft202012Validator(thaw(condition.schema))
+        self.validator = CompiledSchema(thaw(condition.schema))
 
     def __call__(self, properties: Mapping) -> bool:
         return self.validator.is_valid(properties)

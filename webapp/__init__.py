@@ -87,8 +87,14 @@ def create_app(test_config: dict | None = None) -> Flask:
         config, "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS"))
     app.extensions["participants"] = Participants(types, store, service,
                                                   token_table(_tokens(config)))
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    if gunicorn_log.handlers:  # under gunicorn, speak through its log
+        log.handlers, log.propagate = gunicorn_log.handlers, False
+        log.setLevel(gunicorn_log.level)
     log.info("SQLite %s, schema version %d, database %s", store.sqlite_version,
              store.schema_version, store.path)
+    if not app.extensions["participants"].tokens:
+        log.warning("PARTICIPANTS_ACCESS_TOKENS is empty: every request will be refused (401)")
 
     from .api import bp, update
 

@@ -43,8 +43,8 @@ def main() -> int:
         print(error, file=sys.stderr)
         return 1
     state = app.extensions["participants"]
-    print(f"Participant Service: types {', '.join(state.types)}; SQLite {state.store.sqlite_version}"
-          f" at {state.store.path}")
+    print(f"Participant Service: types {', '.join(state.types)}; "
+          f"SQLite {state.store.sqlite_version} at {state.store.path}")
     print(_example(app.config["PARTICIPANTS_BASE_PATH"]))
     app.run(host=HOST, port=PORT, threaded=True)
     return 0
