@@ -49,6 +49,7 @@ class Change:
     reason_code: str | None = None
     event_data: Mapping | None = None    # the state-event API's `data`, checked if not None
     event_path: str = "$.stateTransition"  # where eventCode and reasonCode sit in the request
+    destination: str | None = None       # a timer's move: no event, straight to this sub-state
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +193,7 @@ def decide(ptype: ParticipantType, current: Snapshot | None, change: Change) -> 
     core.update({k: change.core[k] for k in CORE_EDITABLE if k in change.core})
     _core_issues(definition, core, problems)
 
-    destination = state
+    destination = change.destination or state
     if change.event_code is not None:
         destination = _transition(ptype, state, change, properties, problems)
     if destination is not None:
@@ -205,4 +206,4 @@ def decide(ptype: ParticipantType, current: Snapshot | None, change: Change) -> 
     if failure is not None:
         return failure
     return Outcome(destination, properties, core, state if current else None,
-                   change.event_code is not None)
+                   destination != state or change.event_code is not None)

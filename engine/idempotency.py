@@ -16,9 +16,12 @@ def fingerprint(method: str, path: str, body) -> str:
     return hashlib.sha256(f"{method}\n{path}\n{canonical}".encode()).hexdigest()
 
 
-def lookup(conn, tenant_id: str, request_id: str, digest: str, now: int
-           ) -> tuple[int, str] | None:
-    """The stored (status, body) to replay, None if the key is free; raises on conflicts."""
+def lookup(conn, tenant_id: str, request_id: str, digest: str, now: int, *,
+           reserved: bool = False) -> tuple[int, str] | None:
+    """The stored (status, body) to replay, None if the key is free; raises on conflicts.
+
+    `reserved` says the caller holds the key's reservation itself (it called a hook meanwhile).
+    """
     row = conn.execute(
         "SELECT fingerprint, status, response, lease_until FROM idempotency"
         " WHERE tenant_id = ? AND request_id = ?", (tenant_id, request_id),
@@ -29,7 +32,7 @@ def lookup(conn, tenant_id: str, request_id: str, digest: str, now: int
     if stored != digest:
         raise RequestIdReused(request_id)
     if response is None:
-        if lease_until is not None and lease_until > now:
+        if not reserved and lease_until is not None and lease_until > now:
             raise RequestInFlight(request_id)
         return None  # an abandoned reservation (its process died): take it over
     return status, response

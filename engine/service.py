@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import events, idempotency
 from . import failures as F
-from .decisions import Change, Failure, Snapshot, decide
+from .commands import Command
+from .decisions import Failure, Snapshot, decide
 from .errors import Issue, ParticipantNotFound, PreconditionFailed
 from .events import EventContext
+from .hooks import HookCaller, expand_headers, hook_body, waits
 from .registry import ParticipantType
-from .store import Store, StoredParticipant, now_ms
+from .store import Store, StoredParticipant
 
 __all__ = ["Command", "Service", "WriteResult", "participant_id_for"]
 
@@ -25,25 +28,6 @@ _INT64 = (-(2**63), 2**63 - 1)
 def participant_id_for(tenant_id: str, plural: str, unique_code: str) -> str:
     """`{plural}:{uuid5}` from tenant, type and uniqueCode: a repeated create names the same id."""
     return f"{plural}:{uuid.uuid5(_NAMESPACE, json.dumps([tenant_id, plural, unique_code]))}"
-
-
-@dataclass(frozen=True)
-class Command:
-    """One write request, already checked for shape by the web layer."""
-
-    kind: str                        # "create", "update" or "state"
-    tenant_id: str
-    request_id: str
-    fingerprint: str
-    change: Change
-    participant_id: str | None = None
-    unique_code: str | None = None   # create only
-    user_info: dict | None = None
-    callback: dict | None = None     # {url, meta}
-    callback_secret: str | None = None
-    on_error: dict | None = None
-    if_match: int | None = None
-    data: dict = field(default_factory=dict)   # what the request changed, for the event
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +54,18 @@ class Service:
     """The participant operations over one Store."""
 
     def __init__(self, store: Store, *, idempotency_retention_ms: int = 86_400_000,
-                 prune_every: int = 500):
+                 prune_every: int = 500, hooks: HookCaller | None = None,
+                 hook_lease_ms: int = 120_000, clock: Callable[[], float] = time.time):
         self.store = store
+        self.clock = clock
+        self.hooks = hooks or HookCaller()
+        self.hook_lease_ms = hook_lease_ms
         self.retention_ms = idempotency_retention_ms
         self.prune_every = prune_every
         self._writes = 0
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -85,20 +76,38 @@ class Service:
         return participant
 
     def history(self, tenant_id: str, participant_id: str, limit: int, offset: int):
-        self.get(tenant_id, participant_id)
-        return events.history(self.store.conn, tenant_id, participant_id, limit, offset)
+        """A page of the participant's events; archived participants keep their history."""
+        conn = self.store.conn
+        if self.store.participant(conn, tenant_id, participant_id, archived=True) is None:
+            raise ParticipantNotFound(participant_id)
+        return events.history(conn, tenant_id, participant_id, limit, offset)
 
     # -- writes ----------------------------------------------------------------------------
 
     def execute(self, ptype: ParticipantType, command: Command, render: Render) -> WriteResult:
-        """Run one write: replay it if already answered, else decide and commit it at once."""
-        now = now_ms()
+        """Run one write: replay it if already answered, else decide and commit it at once.
+
+        A waited onRequest hook is called first, outside any database lock, while the request
+        id is reserved (a repeat meanwhile gets 409).
+        """
+        hook_record = None
+        if waits(command.on_request):
+            now = self._now_ms()
+            with self.store.write() as conn:
+                replay = idempotency.lookup(conn, command.tenant_id, command.request_id,
+                                            command.fingerprint, now)
+                if replay is not None:
+                    return WriteResult(replay[0], replay[1], True)
+                idempotency.reserve(conn, command.tenant_id, command.request_id,
+                                    command.fingerprint, now, self.hook_lease_ms)
+            command, hook_record = self.hooks.on_request(command)
+        now = self._now_ms()
         with self.store.write() as conn:
             replay = idempotency.lookup(conn, command.tenant_id, command.request_id,
-                                        command.fingerprint, now)
+                                        command.fingerprint, now, reserved=hook_record is not None)
             if replay is not None:
                 return WriteResult(replay[0], replay[1], True)
-            record, state = self._apply(conn, ptype, command, now)
+            record, state = self._apply(conn, ptype, command, now, hook_record)
             status, body = render(record["entityInstanceId"], record, state)
             idempotency.save(conn, command.tenant_id, command.request_id, command.fingerprint,
                              status, body, now)
@@ -107,15 +116,16 @@ class Service:
                 idempotency.prune(conn, now - self.retention_ms)
         return WriteResult(status, body, False)
 
-    def _apply(self, conn, ptype: ParticipantType, command: Command, now: int
-               ) -> tuple[dict, str | None]:
+    def _apply(self, conn, ptype: ParticipantType, command: Command, now: int,
+               hook_record: dict | None = None) -> tuple[dict, str | None]:
         definition = ptype.definition
         if command.kind == "create":
             participant_id = participant_id_for(command.tenant_id, definition.plural,
                                                 command.unique_code)
         else:
             participant_id = command.participant_id
-        current = self.store.participant(conn, command.tenant_id, participant_id)
+        current = self.store.participant(conn, command.tenant_id, participant_id,
+                                         archived=command.kind == "create")
         if command.kind != "create":
             if current is None or current.type != definition.plural:
                 raise ParticipantNotFound(participant_id)
@@ -125,7 +135,9 @@ class Service:
         kind = command.kind
         if kind == "update" and command.change.event_code is not None:
             kind = "combined"
-        if command.kind == "create" and current is not None:
+        if command.hook_issue is not None:
+            result = Failure(F.HOOK_REJECTED, (command.hook_issue,))
+        elif command.kind == "create" and current is not None:
             result = Failure(F.ALREADY_EXISTS, (Issue("$.uniqueCode", (
                 f"a {definition.singular} with uniqueCode '{command.unique_code}' already "
                 f"exists: {participant_id}")),))
@@ -141,6 +153,8 @@ class Service:
                 "updatedBy": command.user_info, "updatedAt": str(now),
                 "uniqueCode": command.unique_code or (current.unique_code if current else None),
                 **command.data}
+        if hook_record is not None:
+            data["onRequest"] = hook_record
         sequence = events.next_sequence(conn, command.tenant_id, participant_id)
         common = dict(definition=definition, kind=kind, ctx=ctx, participant_id=participant_id,
                       unique_code=data["uniqueCode"], data=data, sequence=sequence,
@@ -152,14 +166,19 @@ class Service:
                 errors=[i.as_dict() for i in result.issues], entity_after=None,
                 version=current.version if current else 0)
             events.append(conn, record)
-            self._enqueue(conn, command, record, callback, now, failed=True)
+            if command.timer:  # do not retry a timer that cannot apply until something changes
+                conn.execute("UPDATE participants SET timer_blocked_version = version"
+                             " WHERE tenant_id = ? AND id = ?", (command.tenant_id, participant_id))
+            self._enqueue(conn, command, record, callback, now, failed=True,
+                          secret=self._secret(command, current))
             return record, current.state if current else None
 
         row = self._save(conn, ptype, command, current, participant_id, result, now)
         record = events.envelope(**common, success=True, version=row["version"],
                                  entity_after=events.entity(definition, row))
         events.append(conn, record)
-        self._enqueue(conn, command, record, callback, now, failed=False)
+        self._enqueue(conn, command, record, callback, now, failed=False,
+                      secret=self._secret(command, current))
         return record, row["state"]
 
     def _save(self, conn, ptype, command: Command, current: StoredParticipant | None,
@@ -170,17 +189,18 @@ class Service:
         properties = json.dumps(outcome.properties, separators=(",", ":"), ensure_ascii=False)
         callback = command.callback or (current.callback if current else None)
         callback_json = json.dumps(callback) if callback is not None else None
+        secret = self._secret(command, current)
         if current is None:
             version, created_at, created_by, entered = 1, now, command.user_info, now
             conn.execute(
                 "INSERT INTO participants (tenant_id, id, type, unique_code, name, owner,"
                 " category, sub_category, template_id, state, properties, version, created_at,"
-                " updated_at, state_entered_at, created_by, updated_by, callback)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+                " updated_at, state_entered_at, created_by, updated_by, callback, callback_secret)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
                 (command.tenant_id, participant_id, ptype.plural, command.unique_code,
                  core.get("name"), core.get("owner"), core.get("category"),
                  core.get("subCategory"), core.get("templateId"), outcome.state, properties,
-                 now, now, now, user, user, callback_json),
+                 now, now, now, user, user, callback_json, secret),
             )
         else:
             version, created_at, created_by = current.version + 1, current.created_at, \
@@ -189,11 +209,12 @@ class Service:
             cursor = conn.execute(
                 "UPDATE participants SET name = ?, owner = ?, category = ?, sub_category = ?,"
                 " template_id = ?, state = ?, properties = ?, version = version + 1,"
-                " updated_at = ?, state_entered_at = ?, updated_by = ?, callback = ?"
+                " updated_at = ?, state_entered_at = ?, updated_by = ?, callback = ?,"
+                " callback_secret = ?, timer_blocked_version = NULL"
                 " WHERE tenant_id = ? AND id = ? AND version = ?",
                 (core.get("name"), core.get("owner"), core.get("category"),
                  core.get("subCategory"), core.get("templateId"), outcome.state, properties,
-                 now, entered, user, callback_json, command.tenant_id, participant_id,
+                 now, entered, user, callback_json, secret, command.tenant_id, participant_id,
                  current.version),
             )
             if cursor.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never write blind
@@ -218,19 +239,34 @@ class Service:
             "updated_by": command.user_info, "callback": callback,
         }
 
+    @staticmethod
+    def _secret(command: Command, current: StoredParticipant | None) -> str | None:
+        """The callback secret: this request's, else the one stored with the callback."""
+        if command.callback_secret:
+            return command.callback_secret
+        return current.callback_secret if current else None
+
     def _enqueue(self, conn, command: Command, record: dict, callback: dict | None, now: int,
-                 *, failed: bool) -> None:
+                 *, failed: bool, secret: str | None) -> None:
         """Outbox rows for the deliveries this event owes, in the event's transaction."""
-        targets = []
+        rows = []
         if callback and callback.get("url"):
-            targets.append(("callback", callback["url"]))
-        if failed and command.on_error and command.on_error.get("url"):
-            targets.append(("onError", command.on_error["url"]))
-        for kind, url in targets:
+            rows.append(("callback", callback["url"], "POST", None, None))
+        on_error = command.on_error
+        if failed and on_error and on_error.get("url"):
+            rows.append(("onError", on_error["url"], on_error.get("method") or "POST",
+                         expand_headers(on_error.get("requestHeader"), command), None))
+        on_request = command.on_request
+        if on_request and on_request.get("url") and not waits(on_request):
+            rows.append(("onRequest", on_request["url"], on_request.get("method") or "POST",
+                         expand_headers(on_request.get("requestHeader"), command),
+                         hook_body(on_request, command).decode()))
+        for kind, url, method, headers, payload in rows:
             conn.execute(
                 "INSERT INTO outbox (event_id, tenant_id, participant_id, kind, url, secret,"
-                " status, attempts, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?,"
-                " 'pending', 0, ?, ?)",
+                " status, attempts, next_attempt_at, created_at, method, headers, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)",
                 (record["event"]["id"], command.tenant_id, record["entityInstanceId"], kind, url,
-                 command.callback_secret, now, now),
+                 secret, now, now, method.upper(),
+                 json.dumps(headers) if headers else None, payload),
             )

@@ -18,7 +18,7 @@ __all__ = ["SCHEMA_VERSION", "Store", "StoredParticipant", "sqlite3"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 _APPEND_ONLY = """
@@ -75,7 +75,25 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db.executescript(_APPEND_ONLY)
 
 
-MIGRATIONS = {1: _migrate_1}
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    """Delivery leases and attempts, hook requests in the outbox, timer bookkeeping."""
+    outbox = db["outbox"]
+    for name, kind in (("lease_until", int), ("lease_owner", str), ("delivered_at", int),
+                       ("method", str), ("headers", str), ("payload", str)):
+        outbox.add_column(name, kind)
+    outbox.create_index(["tenant_id", "participant_id", "status", "id"])
+    db["deliveries"].create({
+        "id": int, "outbox_id": int, "attempt": int, "at": int, "status_code": int,
+        "error": str, "duration_ms": int, "outcome": str,
+    }, pk="id", not_null={"outbox_id", "attempt", "at", "outcome"})
+    db["deliveries"].create_index(["outbox_id", "attempt"])
+    participants = db["participants"]
+    participants.add_column("callback_secret", str)
+    participants.add_column("timer_blocked_version", int)
+    participants.create_index(["type", "state", "state_entered_at"])
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 def now_ms() -> int:
@@ -102,6 +120,7 @@ class StoredParticipant:
     created_by: dict | None
     updated_by: dict | None
     callback: dict | None
+    callback_secret: str | None = None
 
     @property
     def core(self) -> dict:
@@ -112,7 +131,7 @@ class StoredParticipant:
 PARTICIPANT_COLUMNS = (
     "tenant_id, id, type, unique_code, name, owner, category, sub_category, template_id, "
     "state, properties, version, created_at, updated_at, state_entered_at, created_by, "
-    "updated_by, callback"
+    "updated_by, callback, callback_secret"
 )
 
 
@@ -213,10 +232,12 @@ class Store:
 
     # -- hot-path statements -------------------------------------------------------------
 
-    def participant(self, conn, tenant_id: str, participant_id: str) -> StoredParticipant | None:
+    def participant(self, conn, tenant_id: str, participant_id: str, *,
+                    archived: bool = False) -> StoredParticipant | None:
+        """The participant, or None; archived ones only when `archived` is true."""
         row = conn.execute(
-            f"SELECT {PARTICIPANT_COLUMNS} FROM participants "
-            "WHERE tenant_id = ? AND id = ? AND archived_at IS NULL",
+            f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = ? AND id = ?"
+            + ("" if archived else " AND archived_at IS NULL"),
             (tenant_id, participant_id),
         ).fetchone()
         return participant_from_row(row) if row else None

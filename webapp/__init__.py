@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 
-from flask import Flask, Response, g, request
+import click
+from flask import Flask, Response, current_app, g, request
+from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException
 
+from engine.dispatcher import DEFAULT_SCHEDULE, DeliveryPolicy, Dispatcher
+from engine.hooks import HookCaller
 from engine.registry import Registry, load_registry
 from engine.service import Service
 from engine.store import Store
+from engine.timers import Timers
 
 from .errors import status_and_code
 from .http import token_table
@@ -31,6 +39,9 @@ DEFAULTS = {
     "PARTICIPANTS_SYNCHRONOUS": "FULL",
     "PARTICIPANTS_BUSY_TIMEOUT_MS": 30_000,
     "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS": 86_400,
+    "PARTICIPANTS_DELIVERY_SCHEDULE": ",".join(map(str, DEFAULT_SCHEDULE)),
+    "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS": 10,
+    "PARTICIPANTS_HOOK_TIMEOUT_SECONDS": 10,
 }
 
 
@@ -42,6 +53,13 @@ class Participants:
     store: Store
     service: Service
     tokens: dict
+    allow_private: bool
+    policy: DeliveryPolicy
+
+    def dispatcher(self, clock=time.time) -> Dispatcher:
+        """A dispatcher for this app's outbox and timers (one per thread or process)."""
+        return Dispatcher(self.store, allow_private=self.allow_private, policy=self.policy,
+                          clock=clock, timers=Timers(self.types, self.service))
 
 
 def _config_error(name: str, problem: str) -> ValueError:
@@ -53,6 +71,25 @@ def _int(config, name: str) -> int:
         return int(config[name])
     except (TypeError, ValueError):
         raise _config_error(name, f"expected a whole number, got {config[name]!r}") from None
+
+
+def _flag(config, name: str) -> bool:
+    value = str(config[name]).strip().lower()
+    if value not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise _config_error(name, f"expected 1 or 0, got {config[name]!r}")
+    return value in ("1", "true", "yes")
+
+
+def _schedule(config) -> tuple[int, ...]:
+    name = "PARTICIPANTS_DELIVERY_SCHEDULE"
+    try:
+        schedule = tuple(int(p) for p in str(config[name]).split(",") if p.strip())
+    except ValueError:
+        raise _config_error(name, "expected seconds separated by commas, e.g. 5,300,1800") \
+            from None
+    if any(s < 0 for s in schedule):
+        raise _config_error(name, "delays cannot be negative")
+    return schedule
 
 
 def _tokens(config) -> dict:
@@ -83,10 +120,18 @@ def create_app(test_config: dict | None = None) -> Flask:
     store = Store(config["PARTICIPANTS_DATABASE"],
                   synchronous=str(config["PARTICIPANTS_SYNCHRONOUS"]),
                   busy_timeout_ms=_int(config, "PARTICIPANTS_BUSY_TIMEOUT_MS"))
-    service = Service(store, idempotency_retention_ms=1000 * _int(
-        config, "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS"))
+    allow_private = _flag(config, "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS")
+    hook_timeout = _int(config, "PARTICIPANTS_HOOK_TIMEOUT_SECONDS")
+    service = Service(
+        store, idempotency_retention_ms=1000 * _int(
+            config, "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS"),
+        hooks=HookCaller(allow_private=allow_private, connect_timeout=min(5, hook_timeout),
+                         read_timeout=hook_timeout))
+    policy = DeliveryPolicy(schedule=_schedule(config),
+                            read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"))
     app.extensions["participants"] = Participants(types, store, service,
-                                                  token_table(_tokens(config)))
+                                                  token_table(_tokens(config)), allow_private,
+                                                  policy)
     gunicorn_log = logging.getLogger("gunicorn.error")
     if gunicorn_log.handlers:  # under gunicorn, speak through its log
         log.handlers, log.propagate = gunicorn_log.handlers, False
@@ -104,7 +149,26 @@ def create_app(test_config: dict | None = None) -> Flask:
     alias = base.rsplit("/", 1)[0] + "/participant/<plural>/<pid>"
     app.add_url_rule(alias, "participant_alias", update, methods=["PUT"])
     app.register_error_handler(Exception, _handle_error)
+    app.cli.add_command(dispatch_command)
     return app
+
+
+@click.command("dispatch")
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@with_appcontext
+def dispatch_command(once: bool) -> None:
+    """Deliver callbacks and hooks from the outbox and run state timers until SIGTERM."""
+    dispatcher = current_app.extensions["participants"].dispatcher()
+    if once:
+        while dispatcher.run_once():
+            pass
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"dispatcher {dispatcher.owner}: delivering; SIGTERM stops after the delivery "
+               "in flight")
+    dispatcher.run(stop)
 
 
 def _handle_error(error: Exception) -> Response:

@@ -6,12 +6,11 @@ import json
 
 from flask import Blueprint, Response, current_app, request
 
-from engine import idempotency
-from engine.decisions import CORE_EDITABLE, Change
+from engine import commands, idempotency
 from engine.errors import Issue, ParticipantNotFound
+from engine.outbound import OutboundRefused, check_url
 from engine.queries import OPERATORS, ListQuery
 from engine.queries import run as run_query
-from engine.service import Command
 
 from . import views
 from .errors import BadRequest
@@ -152,39 +151,34 @@ def _own(plural: str, pid: str) -> str:
 
 # -- writes -----------------------------------------------------------------------------------
 
+def _check_urls(body: dict) -> None:
+    """Callback and hook URLs must be http(s) and, unless allowed, not private (400)."""
+    issues = []
+    for field in ("callback", "onRequest", "onError"):
+        url = (body.get(field) or {}).get("url")
+        if url is None:
+            continue
+        try:
+            check_url(url, allow_private=_state().allow_private)
+        except OutboundRefused as error:
+            issues.append(Issue(f"$.{field}.url", str(error)))
+    if issues:
+        raise BadRequest("; ".join(i.message for i in issues), issues)
+
+
 def _write(kind: str, plural: str, schema: str, pid: str | None = None) -> Response:
     caller = _caller()
     ptype = _type(plural)
     expected = if_match(request) if kind != "create" else None
     body = read_json(request)
     validate(schema, body)
+    _check_urls(body)
     request_echo = echo(body)
-
-    if kind == "state":
-        timestamp = body["timestamp"]
-        change = Change(event_code=body["eventCode"], reason_code=body.get("reasonCode"),
-                        event_data=body.get("data") or {}, event_path="$")
-        data = {"eventCode": body["eventCode"], "reasonCode": body.get("reasonCode"),
-                "timestamp": int(timestamp if timestamp > 1e11 else timestamp * 1000),
-                "data": body.get("data") or {}, "source": body["source"]}
-    else:
-        transition = body.get("stateTransition") or {}
-        core = {k: body[k] for k in CORE_EDITABLE if k in body}
-        change = Change(properties=body.get("properties") or {}, core=core,
-                        event_code=transition.get("eventCode"),
-                        reason_code=transition.get("reasonCode"))
-        data = {"properties": body.get("properties") or {}, **core}
-        if transition:
-            data.update(eventCode=transition.get("eventCode"),
-                        reasonCode=transition.get("reasonCode"))
-    command = Command(
-        kind=kind, tenant_id=caller.tenant_id, request_id=caller.request_id,
+    command = commands.build(
+        kind, body, tenant_id=caller.tenant_id, request_id=caller.request_id,
         fingerprint=idempotency.fingerprint(request.method, request.path, body),
-        change=change, participant_id=_own(plural, pid) if pid else None,
-        unique_code=body.get("uniqueCode") if kind == "create" else None,
-        user_info=caller.user_info, callback=body.get("callback"),
-        callback_secret=caller.callback_secret, on_error=body.get("onError"),
-        if_match=expected, data=data,
+        participant_id=_own(plural, pid) if pid else None, user_info=caller.user_info,
+        callback_secret=caller.callback_secret, token=caller.token, if_match=expected,
     )
 
     def render(participant_id: str, record: dict, state: str | None) -> tuple[int, str]:

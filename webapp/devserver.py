@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 from engine.errors import DefinitionError
 
@@ -46,7 +47,18 @@ def main() -> int:
     print(f"Participant Service: types {', '.join(state.types)}; "
           f"SQLite {state.store.sqlite_version} at {state.store.path}")
     print(_example(app.config["PARTICIPANTS_BASE_PATH"]))
-    app.run(host=HOST, port=PORT, threaded=True)
+    # Callbacks, hooks and timers are delivered by a thread here; production runs
+    # `flask --app webapp dispatch` as a process of its own.
+    stop = threading.Event()
+    dispatcher = state.dispatcher()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher",
+                              daemon=True)
+    thread.start()
+    try:
+        app.run(host=HOST, port=PORT, threaded=True)
+    finally:
+        stop.set()
+        thread.join(timeout=15)
     return 0
 
 

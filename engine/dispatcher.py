@@ -1,0 +1,207 @@
+"""Delivers the outbox after commit: at least once, in event order per participant."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .outbound import OutboundRefused, send
+from .signing import signature_headers
+from .store import Store
+
+__all__ = ["DeliveryPolicy", "Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 86400)  # seconds before each retry
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    schedule: tuple[int, ...] = DEFAULT_SCHEDULE
+    jitter: float = 0.1                # +/- this fraction of each delay
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    lease_seconds: int = 60            # a crashed dispatcher's claims come back after this
+    batch: int = 20
+    max_delay: int = 86400             # cap for Retry-After
+
+    @property
+    def attempts(self) -> int:
+        return len(self.schedule) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    outcome: str                       # delivered, retry, failed
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    retry_after: float | None = None
+
+
+_CLAIMABLE = """
+SELECT o.id FROM outbox o
+WHERE ((o.status = 'pending' AND o.next_attempt_at <= :now)
+       OR (o.status = 'leased' AND o.lease_until < :now))
+  AND NOT EXISTS (SELECT 1 FROM outbox p
+                  WHERE p.tenant_id = o.tenant_id AND p.participant_id = o.participant_id
+                    AND p.status IN ('pending', 'leased') AND p.id < o.id)
+ORDER BY o.id LIMIT :batch
+"""
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class Dispatcher:
+    """Claims due outbox rows with a lease, delivers them, and records every attempt."""
+
+    def __init__(self, store: Store, *, allow_private: bool = False,
+                 policy: DeliveryPolicy | None = None, clock: Callable[[], float] = time.time,
+                 timers=None, sender=send):
+        self.store = store
+        self.allow_private = allow_private
+        self.policy = policy or DeliveryPolicy()
+        self.clock = clock
+        self.timers = timers
+        self.sender = sender
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def claim(self) -> list[tuple]:
+        """Lease up to `batch` due rows, at most one per participant, oldest first."""
+        now = self._now_ms()
+        with self.store.write() as conn:
+            ids = [r[0] for r in conn.execute(_CLAIMABLE, {"now": now,
+                                                           "batch": self.policy.batch})]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            conn.execute(
+                f"UPDATE outbox SET status = 'leased', lease_until = ?, lease_owner = ?"
+                f" WHERE id IN ({marks})",
+                [now + self.policy.lease_seconds * 1000, self.owner, *ids])
+            return conn.execute(
+                "SELECT o.id, o.event_id, o.kind, o.url, o.secret, o.attempts, o.method,"
+                " o.headers, COALESCE(o.payload, e.body) FROM outbox o"
+                f" LEFT JOIN events e ON e.id = o.event_id WHERE o.id IN ({marks}) ORDER BY o.id",
+                ids).fetchall()
+
+    # -- delivering --------------------------------------------------------------------------
+
+    def attempt(self, row) -> Attempt:
+        """One HTTP attempt for a claimed row; never raises for network trouble."""
+        _id, event_id, _kind, url, secret, _attempts, method, headers_json, payload = row
+        body = (payload or "").encode("utf-8")
+        headers = json.loads(headers_json) if headers_json else {}
+        headers.update(signature_headers(secret, event_id, int(self.clock()), body))
+        headers["Content-Type"] = "application/json"
+        started = time.monotonic()
+        try:
+            reply = self.sender(url, method=method or "POST", headers=headers, body=body,
+                                allow_private=self.allow_private,
+                                connect_timeout=self.policy.connect_timeout,
+                                read_timeout=self.policy.read_timeout)
+        except OutboundRefused as error:
+            return Attempt("failed", None, f"refused: {error}", self._since(started))
+        except OSError as error:
+            return Attempt("retry", None, f"{type(error).__name__}: {error}", self._since(started))
+        if 200 <= reply.status < 300:
+            return Attempt("delivered", reply.status, None, reply.elapsed_ms)
+        if reply.status == 410:
+            return Attempt("failed", 410, "410 Gone: the receiver asked to stop", reply.elapsed_ms)
+        return Attempt("retry", reply.status, f"HTTP {reply.status}", reply.elapsed_ms,
+                       _retry_after(reply.headers.get("retry-after"), self.clock()))
+
+    @staticmethod
+    def _since(started: float) -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    def record(self, row, result: Attempt) -> str:
+        """Store the attempt and the row's new status (only while we still hold its lease)."""
+        outbox_id, attempts = row[0], row[5] + 1
+        now = self._now_ms()
+        outcome = result.outcome
+        if outcome == "retry" and attempts >= self.policy.attempts:
+            outcome = "failed"
+        with self.store.write() as conn:
+            conn.execute(
+                "INSERT INTO deliveries (outbox_id, attempt, at, status_code, error, duration_ms,"
+                " outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (outbox_id, attempts, now, result.status_code, result.error, result.duration_ms,
+                 outcome))
+            if outcome == "retry":
+                delay = self.policy.schedule[attempts - 1]
+                delay *= 1 + random.uniform(-self.policy.jitter, self.policy.jitter)
+                if result.retry_after is not None:
+                    delay = max(delay, min(result.retry_after, self.policy.max_delay))
+                conn.execute(
+                    "UPDATE outbox SET status = 'pending', attempts = ?, next_attempt_at = ?,"
+                    " last_error = ?, lease_until = NULL, lease_owner = NULL"
+                    " WHERE id = ? AND lease_owner = ?",
+                    (attempts, now + int(delay * 1000), result.error, outbox_id, self.owner))
+            else:
+                # Delivered or given up: the secret and any header tokens are no longer needed.
+                conn.execute(
+                    "UPDATE outbox SET status = ?, attempts = ?, last_error = ?,"
+                    " delivered_at = ?, secret = NULL, headers = NULL, lease_until = NULL,"
+                    " lease_owner = NULL WHERE id = ? AND lease_owner = ?",
+                    (outcome, attempts, result.error, now if outcome == "delivered" else None,
+                     outbox_id, self.owner))
+        return outcome
+
+    # -- loops -------------------------------------------------------------------------------
+
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """Run due timers, then deliver one batch; returns how many rows were attempted."""
+        if self.timers is not None:
+            self.timers.run_due(self.clock())
+        rows = self.claim()
+        for i, row in enumerate(rows):
+            if stop is not None and stop.is_set():
+                self.release(rows[i:])
+                return i
+            self.record(row, self.attempt(row))
+        return len(rows)
+
+    def release(self, rows) -> None:
+        """Give back leases we will not use (on shutdown), so others need not wait them out."""
+        with self.store.write() as conn:
+            conn.executemany(
+                "UPDATE outbox SET status = 'pending', lease_until = NULL, lease_owner = NULL"
+                " WHERE id = ? AND lease_owner = ?", [(row[0], self.owner) for row in rows])
+
+    def run(self, stop: threading.Event, idle: float = 0.2) -> None:
+        """Loop until `stop` is set; an in-flight delivery is always finished first."""
+        log.info("dispatcher %s started", self.owner)
+        while not stop.is_set():
+            try:
+                busy = self.run_once(stop)
+            except Exception:  # keep delivering: one bad row must not stop the loop
+                log.exception("dispatcher round failed")
+                busy = 0
+            if not busy:
+                stop.wait(idle)
+        log.info("dispatcher %s stopped", self.owner)
