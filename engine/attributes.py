@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 from .definitions import Attribute, DataItem
 from .errors import Issue
-from .jsonschemas import CompiledSchema
+from .jsonschemas import CompiledSchema, ecma_pattern
 
 __all__ = ["AttributeValidator", "ValueCheck", "compile_checks", "json_path", "thaw"]
 
@@ -93,7 +93,7 @@ def compile_checks(spec: Attribute | DataItem) -> list[ValueCheck]:
     is_type, type_name = _TYPES[spec.data_type]
     checks: list[ValueCheck] = [lambda v: None if is_type(v) else f"must be {type_name}"]
     if spec.regex is not None and spec.data_type == "string":
-        pattern = re.compile(spec.regex)
+        pattern = re.compile(ecma_pattern(spec.regex))
         checks.append(lambda v: None if pattern.search(v) else f"must match {spec.regex}")
     if (spec.min is not None or spec.max is not None) and spec.data_type not in (
             "boolean", "object"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from dataclasses import dataclass, field
@@ -239,16 +240,25 @@ def load_file(path: Path | str) -> Document:
         doc.problems.append(YamlProblem(
             "E000", (), 1, 1, f"the file is larger than {MAX_FILE_BYTES // 1024} KiB"))
         return doc
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         doc = Document(path)
+        line, col = _text_position(raw[:exc.start].decode("utf-8"))
         doc.problems.append(YamlProblem(
-            "E000", (), 1, 1, f"not a UTF-8 text file (byte {exc.start} is not UTF-8)"))
+            "E000", (), line, col, f"not a UTF-8 text file (byte 0x{raw[exc.start]:02x} here "
+                                   "is not UTF-8; save the file as UTF-8)"))
         return doc
     if "\x00" in text:
         doc = Document(path)
-        doc.problems.append(YamlProblem("E000", (), 1, 1,
+        line, col = _text_position(text[:text.index("\x00")])
+        doc.problems.append(YamlProblem("E000", (), line, col,
                                         "not a text file (it contains NUL bytes)"))
         return doc
     return load_text(text, path)
+
+
+def _text_position(before: str) -> tuple[int, int]:
+    """Line and column, from 1, of the character that follows `before`."""
+    return before.count("\n") + 1, len(before) - before.rfind("\n")

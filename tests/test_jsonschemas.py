@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import jsonschema
 import pytest
 
-from engine.jsonschemas import CompiledSchema, portable
+from engine.jsonschemas import CompiledSchema, ecma_pattern, ecma_patterns, portable
 
 SCHEMAS = [
     ({"required": ["a"], "properties": {"a": {"const": True}}}, [{"a": True}, {"a": 1}, {}]),
@@ -29,7 +31,7 @@ SCHEMAS = [
 def test_compiled_schema_agrees_with_jsonschema(schema, instances):
     """Every instance gets the verdict and the errors jsonschema gives."""
     compiled = CompiledSchema(schema)
-    reference = jsonschema.Draft202012Validator(schema)
+    reference = jsonschema.Draft202012Validator(ecma_patterns(schema))
     for instance in instances:
         assert compiled.is_valid(instance) == reference.is_valid(instance), instance
         assert [e.message for e in compiled.iter_errors(instance)] == \
@@ -49,3 +51,16 @@ def test_compiled_schema_agrees_with_jsonschema(schema, instances):
 def test_only_portable_schemas_take_the_fast_path(schema, expected):
     """Keywords that differ between draft-07 and 2020-12 keep a schema on jsonschema alone."""
     assert portable(schema) is expected
+
+
+@pytest.mark.parametrize(("pattern", "text", "matches"), [
+    ("^[A-Z]{2}$", "AB", True),
+    ("^[A-Z]{2}$", "AB\n", False),
+    ("^a[$]$", "a$", True),
+    ("^a\\$$", "a$", True),
+    ("^a\\$$", "a$\n", False),
+])
+def test_dollar_means_end_of_text_as_in_ecma_262(pattern, text, matches):
+    """A JSON Schema `$` does not match before a trailing newline."""
+    assert bool(re.search(ecma_pattern(pattern), text)) is matches
+    assert CompiledSchema({"pattern": pattern}).is_valid(text) is matches

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from flask import Blueprint, Response, current_app, request
 
@@ -50,7 +51,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not re.fullmatch(r"[0-9]{1,12}", raw) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}",
                          [Issue(f"$.{name}", f"must be a whole number from {low} to {high}")])
     return int(raw)
@@ -130,7 +131,7 @@ def list_participants(plural):
             raise BadRequest(f"unknown query operator(s): {', '.join(bad)}",
                              [Issue(f"$.query.{k}", f"unknown operator; use one of "
                                                     f"{', '.join(OPERATORS)}") for k in bad])
-        validate("Query", clauses)
+        validate("Query", clauses, "$.query")
     sort_by = request.args.get("sortBy", "desc")
     if sort_by not in ("asc", "desc"):
         raise BadRequest("sortBy must be asc or desc", [Issue("$.sortBy", "must be asc or desc")])

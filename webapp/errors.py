@@ -6,6 +6,7 @@ from werkzeug.exceptions import HTTPException
 
 from engine.errors import (
     DefinitionError,
+    InvalidQuery,
     Issue,
     ParticipantNotFound,
     PreconditionFailed,
@@ -56,6 +57,7 @@ class TooLarge(ApiError):
 
 # exception class -> (status, code); the first matching class wins
 TABLE: list[tuple[type[BaseException], int, str]] = [
+    (InvalidQuery, 400, "101170024000"),
     (UnknownParticipantType, 404, "101170024041"),
     (ParticipantNotFound, 404, "101170024042"),
     (RequestInFlight, 409, "101170024090"),

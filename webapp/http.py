@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -16,7 +17,7 @@ from referencing.jsonschema import DRAFT202012
 
 from engine.attributes import json_path
 from engine.errors import Issue
-from engine.jsonschemas import CompiledSchema
+from engine.jsonschemas import CompiledSchema, ecma_patterns
 from engine.yamlfile import load_text
 
 from .errors import BadRequest, Unauthorized, UnsupportedMediaType
@@ -41,8 +42,10 @@ def _load_openapi() -> dict:
 
 OPENAPI = _load_openapi()
 _OPENAPI_ID = "urn:participant-service:openapi"
+# Validation uses the document with ECMA-262 `$` semantics in its patterns.
+_COMPONENTS = ecma_patterns(OPENAPI["components"])
 _REGISTRY = referencing.Registry().with_resource(
-    _OPENAPI_ID, DRAFT202012.create_resource(OPENAPI))
+    _OPENAPI_ID, DRAFT202012.create_resource({"components": _COMPONENTS}))
 _VALIDATORS: dict[str, CompiledSchema] = {}
 
 
@@ -55,8 +58,7 @@ def schema_validator(name: str) -> CompiledSchema:
         validator = _VALIDATORS[name] = CompiledSchema(
             {}, validator=jsonschema.Draft202012Validator(
                 {"$ref": f"{_OPENAPI_ID}#/components/schemas/{name}"}, registry=_REGISTRY),
-            fast_schema={"$ref": f"#/components/schemas/{name}",
-                         "components": OPENAPI["components"]})
+            fast_schema={"$ref": f"#/components/schemas/{name}", "components": _COMPONENTS})
     return validator
 
 
@@ -115,7 +117,8 @@ def authenticate(request: Request, tokens: dict[bytes, tuple[bytes, str]]) -> Ca
                     for e in schema_validator("UserInfo").iter_errors(user_info)]
         if not isinstance(user_info, dict) or problems:
             raise BadRequest("X-COREOS-USERINFO must be a JSON object {id, name, appId} of texts",
-                             problems)
+                             problems or [Issue("$.headers.X-COREOS-USERINFO",
+                                                "must be a JSON object")])
     secret = _header(request, "X-COREOS-CALLBACK-SECRET", required=False)
     return Caller(tenant_id, request_id, token, user_info, secret)
 
@@ -131,6 +134,13 @@ def _pairs(pairs):
 
 def _constant(name):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
 
 
 def _check_nesting(value, depth: int = 0) -> None:
@@ -157,7 +167,8 @@ def _check_text(text: str) -> None:
 def strict_loads(text: str):
     """json.loads that refuses duplicate keys, NaN/Infinity, lone surrogates and deep nesting."""
     try:
-        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
+                           parse_float=_float)
     except RecursionError:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
     except json.JSONDecodeError as error:
@@ -191,31 +202,31 @@ def read_json(request: Request):
     return body
 
 
-def _issues(error: jsonschema.ValidationError):
+def _issues(error: jsonschema.ValidationError, root: str):
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         for key in sorted(set(error.instance) - set(error.schema.get("properties", {}))):
-            where = json_path("$", *path, key)
+            where = json_path(root, *path, key)
             if not path and key in PROTECTED:
                 yield Issue(where, f"'{key}' is a protected field and cannot be set here")
             else:
                 yield Issue(where, f"unknown field '{key}'")
     elif error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else ""
-        yield Issue(json_path("$", *path, missing), "is required")
-    elif error.validator == "pattern":
-        yield Issue(json_path("$", *path), f"'{error.instance}' is not a valid "
-                    f"{error.schema.get('description', 'value')}")
+        yield Issue(json_path(root, *path, missing), "is required")
+    elif error.validator in ("pattern", "maxLength") and "description" in error.schema:
+        yield Issue(json_path(root, *path), f"{json.dumps(error.instance)} is not a valid "
+                    f"{error.schema['description']}")
     else:
-        yield Issue(json_path("$", *path), error.message)
+        yield Issue(json_path(root, *path), error.message)
 
 
-def validate(schema_name: str, body) -> None:
+def validate(schema_name: str, body, root: str = "$") -> None:
     """400 with every problem when `body` does not fit the API's request schema."""
     validator = schema_validator(schema_name)
     errors = sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        issues = [issue for error in errors for issue in _issues(error)]
+        issues = [issue for error in errors for issue in _issues(error, root)]
         raise BadRequest("the request does not match the API: "
                          + "; ".join(f"{i.path} {i.message}" for i in issues[:5]), issues)
 
@@ -226,7 +237,7 @@ def if_match(request: Request) -> int | None:
     if raw is None or raw.strip() == "*":
         return None
     text = raw.strip().removeprefix("W/").strip('"')
-    if not text.isdigit() or len(text) > 18:
+    if not re.fullmatch(r"[0-9]{1,18}", text):
         raise BadRequest("If-Match must name a participant version, e.g. \"3\"",
                          [Issue("$.headers.If-Match", "must be a version number")])
     return int(text)

@@ -186,7 +186,8 @@ def core_field_names(ctx: Context):
 @rule("E405", "Only string, number, integer and boolean attributes are indexed")
 def scalar_indexes(ctx: Context):
     for name, path, config in _attributes(ctx):
-        if config.get("indexed") is True and config.get("dataType") not in _SCALARS + (None,):
+        data_type = config.get("dataType")  # E001 reports a missing or unknown one
+        if config.get("indexed") is True and data_type in DATA_TYPES and data_type not in _SCALARS:
             yield Finding(path + ("indexed",),
                           f"{name} is {config.get('dataType')}; only scalar attributes can be "
                           "indexed", at_key=True)
