@@ -16,7 +16,7 @@ __all__ = [
 
 DATA_TYPES = ("string", "number", "integer", "boolean", "object", "array")
 
-# Fields of the participant itself; attribute names may not take them (lint rule E405).
+# Fields of the participant itself; attribute names may not take them (lint rule E404).
 CORE_FIELDS = frozenset({
     "id", "uniqueCode", "name", "owner", "participantType", "properties", "state",
     "category", "subCategory", "templateId", "version", "createdAt", "updatedAt",
@@ -58,7 +58,7 @@ def qualify(states: dict, destination: str) -> str | None:
         sub = config.get("defaultSubState")
         if sub is None and len(subs) == 1:
             sub = next(iter(subs))
-    return f"{main}:{sub}" if sub in subs else None
+    return f"{main}:{sub}" if isinstance(sub, str) and sub in subs else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 
 import jsonschema
@@ -144,10 +145,14 @@ def regexes_compile(ctx: Context):
     for path, _data_type, validation in _validations(ctx):
         regex = validation.get("regex")
         if isinstance(regex, str):
-            try:
-                re.compile(regex)
-            except re.error as error:
-                yield Finding(path + ("regex",), f"regex {regex!r} is not valid: {error}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # e.g. POSIX classes: "possible nested set"
+                try:
+                    re.compile(regex)
+                except re.error as error:
+                    yield Finding(path + ("regex",), f"regex {regex!r} is not valid: {error}")
+                except Warning as warning:
+                    yield Finding(path + ("regex",), f"regex {regex!r} is ambiguous: {warning}")
 
 
 def _checkable(config: dict) -> bool:

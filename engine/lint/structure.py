@@ -88,7 +88,8 @@ def _findings(error: jsonschema.ValidationError):
     elif error.validator == "type":
         hint = ""
         if "string" in (error.validator_value if isinstance(error.validator_value, list)
-                        else [error.validator_value]) and isinstance(error.instance, int | float):
+                        else [error.validator_value]) and isinstance(error.instance, int | float) \
+                and not isinstance(error.instance, bool):
             hint = f": quote it, '{error.instance}'"
         yield Finding(path, f"{where} must be {_expected(error.validator_value)}, "
                             f"not {_what(error.instance)}{hint}")
