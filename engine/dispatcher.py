@@ -126,6 +126,8 @@ class Dispatcher:
                                 read_timeout=self.policy.read_timeout)
         except OutboundRefused as error:
             return Attempt("failed", None, f"refused: {error}", self._since(started))
+        except ValueError as error:  # e.g. a header value HTTP cannot carry: retrying won't help
+            return Attempt("failed", None, f"cannot send: {error}", self._since(started))
         except OSError as error:
             return Attempt("retry", None, f"{type(error).__name__}: {error}", self._since(started))
         if 200 <= reply.status < 300:
@@ -177,7 +179,10 @@ class Dispatcher:
     def run_once(self, stop: threading.Event | None = None) -> int:
         """Run due timers, then deliver one batch; returns how many rows were attempted."""
         if self.timers is not None:
-            self.timers.run_due(self.clock())
+            try:
+                self.timers.run_due(self.clock())
+            except Exception:  # timers must never hold up deliveries
+                log.exception("state timers failed this round")
         rows = self.claim()
         for i, row in enumerate(rows):
             if stop is not None and stop.is_set():

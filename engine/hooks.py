@@ -55,7 +55,7 @@ class HookCaller:
                          headers=expand_headers(hook.get("requestHeader"), command),
                          body=hook_body(hook, command), allow_private=self.allow_private,
                          connect_timeout=self.connect_timeout, read_timeout=self.read_timeout)
-        except (OutboundRefused, OSError) as error:
+        except (OutboundRefused, OSError, ValueError) as error:
             record["error"] = str(error)
             if not must_match:
                 return command, record

@@ -7,7 +7,7 @@ import json
 
 from .errors import RequestIdReused, RequestInFlight
 
-__all__ = ["fingerprint", "lookup", "prune", "reserve", "save"]
+__all__ = ["fingerprint", "lookup", "prune", "release", "reserve", "save"]
 
 
 def fingerprint(method: str, path: str, body) -> str:
@@ -46,6 +46,12 @@ def reserve(conn, tenant_id: str, request_id: str, digest: str, now: int, lease_
         " ON CONFLICT (tenant_id, request_id) DO UPDATE SET lease_until = excluded.lease_until",
         (tenant_id, request_id, digest, now, now + lease_ms),
     )
+
+
+def release(conn, tenant_id: str, request_id: str) -> None:
+    """Drop a reservation that will get no answer (the request ended in a refusal)."""
+    conn.execute("DELETE FROM idempotency WHERE tenant_id = ? AND request_id = ?"
+                 " AND response IS NULL", (tenant_id, request_id))
 
 
 def save(conn, tenant_id: str, request_id: str, digest: str, status: int, body: str,

@@ -21,6 +21,8 @@ USER_AGENT = "participant-service/1.0"
 MAX_RESPONSE_BYTES = 64 * 1024
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")          # deprecated ::a.b.c.d
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT ::ffff:0:a.b.c.d
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _6TO4 = ipaddress.IPv6Network("2002::/16")
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -33,7 +35,7 @@ class OutboundRefused(Exception):
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
-    if ip in _NAT64 or ip in _NAT64_LOCAL:
+    if ip in _NAT64 or ip in _NAT64_LOCAL or ip in _IPV4_COMPATIBLE or ip in _IPV4_TRANSLATED:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip in _6TO4:
         return ip.sixtofour
@@ -66,6 +68,17 @@ def parse_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
         return None
 
 
+def normalize_host(host: str) -> str:
+    """The host as a resolver sees it: IDNA-mapped ('127。0。0。1' is 127.0.0.1), no final dot."""
+    if host.startswith("["):
+        return host
+    try:
+        host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        return ""
+    return host.rstrip(".").lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     scheme: str
@@ -83,9 +96,9 @@ def check_url(url: str, *, allow_private: bool) -> Target:
         raise OutboundRefused(f"'{url}' is not a valid URL: {error}") from None
     if parts.scheme not in ("http", "https"):
         raise OutboundRefused(f"'{url}' must be an http or https URL")
-    host = parts.hostname
+    host = normalize_host(parts.hostname or "")
     if not host:
-        raise OutboundRefused(f"'{url}' has no host")
+        raise OutboundRefused(f"'{url}' has no valid host")
     if parts.username is not None or parts.password is not None:
         raise OutboundRefused(f"'{url}' must not carry credentials; use requestHeader")
     if any(c in url for c in "\r\n\t "):

@@ -34,7 +34,12 @@ def _like(text: str) -> str:
 
 
 def _index_value(value):
-    return int(value) if isinstance(value, bool) else value
+    """A query value as SQLite compares it (booleans are 0/1; it has 64-bit integers only)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return float(value)
+    return value
 
 
 class _Builder:
@@ -46,10 +51,12 @@ class _Builder:
         self.issues: list[Issue] = []
 
     def _attribute(self, condition: str, key: str, values: list) -> None:
+        # Not correlated with p: SQLite runs it once on attribute_index_lookup, then finds the
+        # matching participants by primary key.
         self.where.append(
-            "p.id IN (SELECT participant_id FROM attribute_index WHERE tenant_id = p.tenant_id"
-            f" AND type = p.type AND name = ? AND {condition})")
-        self.params += [key, *values]
+            "p.id IN (SELECT participant_id FROM attribute_index WHERE tenant_id = ?"
+            f" AND type = ? AND name = ? AND {condition})")
+        self.params += [self.params[0], self.params[1], key, *values]
 
     def clause(self, operator: str, clause: dict, path: str) -> None:
         key = clause["key"]
@@ -69,7 +76,7 @@ class _Builder:
             values = [_index_value(v) for v in clause["values"]]
         elif operator == "range":
             condition = f"{target} {RELATIONS[clause['relation']]} ?"
-            values = [clause["value"]]
+            values = [_index_value(clause["value"])]
         elif operator == "prefix":
             condition, values = f"{target} LIKE ? ESCAPE '\\'", [_like(clause["value"]) + "%"]
         elif operator == "match":

@@ -90,7 +90,6 @@ class Service:
         A waited onRequest hook is called first, outside any database lock, while the request
         id is reserved (a repeat meanwhile gets 409).
         """
-        hook_record = None
         if waits(command.on_request):
             now = self._now_ms()
             with self.store.write() as conn:
@@ -98,9 +97,20 @@ class Service:
                                             command.fingerprint, now)
                 if replay is not None:
                     return WriteResult(replay[0], replay[1], True)
+                self._target(conn, ptype, command)  # 404 and 412 before calling anybody
                 idempotency.reserve(conn, command.tenant_id, command.request_id,
                                     command.fingerprint, now, self.hook_lease_ms)
-            command, hook_record = self.hooks.on_request(command)
+            try:
+                command, hook_record = self.hooks.on_request(command)
+                return self._commit(ptype, command, render, hook_record)
+            except BaseException:
+                with self.store.write() as conn:
+                    idempotency.release(conn, command.tenant_id, command.request_id)
+                raise
+        return self._commit(ptype, command, render, None)
+
+    def _commit(self, ptype: ParticipantType, command: Command, render: Render,
+                hook_record: dict | None) -> WriteResult:
         now = self._now_ms()
         with self.store.write() as conn:
             replay = idempotency.lookup(conn, command.tenant_id, command.request_id,
@@ -116,21 +126,26 @@ class Service:
                 idempotency.prune(conn, now - self.retention_ms)
         return WriteResult(status, body, False)
 
+    def _target(self, conn, ptype: ParticipantType, command: Command
+                ) -> tuple[str, StoredParticipant | None]:
+        """The participant the command is about; 404 or 412 when it cannot apply."""
+        if command.kind == "create":
+            participant_id = participant_id_for(command.tenant_id, ptype.plural,
+                                                command.unique_code)
+            return participant_id, self.store.participant(conn, command.tenant_id,
+                                                          participant_id, archived=True)
+        participant_id = command.participant_id
+        current = self.store.participant(conn, command.tenant_id, participant_id)
+        if current is None or current.type != ptype.plural:
+            raise ParticipantNotFound(participant_id)
+        if command.if_match is not None and command.if_match != current.version:
+            raise PreconditionFailed(command.if_match, current.version)
+        return participant_id, current
+
     def _apply(self, conn, ptype: ParticipantType, command: Command, now: int,
                hook_record: dict | None = None) -> tuple[dict, str | None]:
         definition = ptype.definition
-        if command.kind == "create":
-            participant_id = participant_id_for(command.tenant_id, definition.plural,
-                                                command.unique_code)
-        else:
-            participant_id = command.participant_id
-        current = self.store.participant(conn, command.tenant_id, participant_id,
-                                         archived=command.kind == "create")
-        if command.kind != "create":
-            if current is None or current.type != definition.plural:
-                raise ParticipantNotFound(participant_id)
-            if command.if_match is not None and command.if_match != current.version:
-                raise PreconditionFailed(command.if_match, current.version)
+        participant_id, current = self._target(conn, ptype, command)
 
         kind = command.kind
         if kind == "update" and command.change.event_code is not None:

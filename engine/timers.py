@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from .commands import Command
 from .decisions import Change
-from .errors import ParticipantNotFound, PreconditionFailed
+from .errors import EngineError
 from .registry import ParticipantType
 from .service import Service
 
@@ -49,8 +49,10 @@ class Timers:
         for tenant_id, participant_id, version, entered, _code in due:
             command = Command(
                 kind="state", tenant_id=tenant_id, participant_id=participant_id,
-                # one request id per (participant, version): two dispatchers cannot both apply it
-                request_id=f"ttl:{participant_id}:{version}", fingerprint=f"ttl:{version}",
+                # One request id per (participant, version), so two dispatchers cannot both apply
+                # it; the '·' keeps it out of the printable-ASCII ids clients can send.
+                request_id=f"timer·ttl:{participant_id}:{version}",
+                fingerprint=f"ttl:{version}",
                 change=Change(destination=sub.ttl.destination), user_info=TIMER_USER,
                 if_match=version, timer=True,
                 data={"ttl": sub.ttl.text, "fromState": sub.qualified,
@@ -59,7 +61,7 @@ class Timers:
             )
             try:
                 self.service.execute(ptype, command, lambda pid, record, state: (202, ""))
-            except (PreconditionFailed, ParticipantNotFound):
+            except EngineError:
                 continue  # a client changed it meanwhile: the compare-and-set lets one win
         return len(due)
 

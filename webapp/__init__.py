@@ -41,6 +41,7 @@ DEFAULTS = {
     "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS": 86_400,
     "PARTICIPANTS_DELIVERY_SCHEDULE": ",".join(map(str, DEFAULT_SCHEDULE)),
     "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS": 10,
+    "PARTICIPANTS_DELIVERY_LEASE_SECONDS": 60,
     "PARTICIPANTS_HOOK_TIMEOUT_SECONDS": 10,
 }
 
@@ -128,7 +129,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         hooks=HookCaller(allow_private=allow_private, connect_timeout=min(5, hook_timeout),
                          read_timeout=hook_timeout))
     policy = DeliveryPolicy(schedule=_schedule(config),
-                            read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"))
+                            read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"),
+                            lease_seconds=_int(config, "PARTICIPANTS_DELIVERY_LEASE_SECONDS"))
     app.extensions["participants"] = Participants(types, store, service,
                                                   token_table(_tokens(config)), allow_private,
                                                   policy)
