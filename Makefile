@@ -24,5 +24,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	$(BIN)/python bench/benchmark.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache instance

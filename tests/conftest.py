@@ -87,7 +87,8 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind",
-                 f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "webapp:create_app()"],
+                 f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "--no-control-socket",
+                 "webapp:create_app()"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
