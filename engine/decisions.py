@@ -119,6 +119,26 @@ def _core_issues(definition: Definition, core: Mapping, problems: _Problems) -> 
                 f"owner '{owner}' must be the id of one of: {shown}"))])
 
 
+def _template(definition: Definition, core: Mapping, problems: _Problems):
+    """The participant's template, or None (with the reason added when it cannot apply)."""
+    template_id = core.get("templateId")
+    if template_id is None:
+        return None
+    template = definition.templates.get(template_id)
+    if template is None:
+        known = ", ".join(definition.templates) or "none are declared"
+        problems.add(F.UNKNOWN_TEMPLATE, [Issue("$.templateId", (
+            f"template '{template_id}' is not a template of {definition.plural} "
+            f"(known: {known})"))])
+        return None
+    for name, wanted in (("category", template.category), ("subCategory", template.sub_category)):
+        if wanted is not None and core.get(name) != wanted:
+            problems.add(F.TEMPLATE_MISMATCH, [Issue(f"$.{name}", (
+                f"template '{template_id}' applies to {name} '{wanted}', "
+                f"not {core.get(name)!r}"))])
+    return template if F.TEMPLATE_MISMATCH not in problems.by_kind else None
+
+
 def _event_data_issues(ptype: ParticipantType, code: str, data: Mapping) -> list[Issue]:
     issues = []
     for item, checks in ptype.event_data[code]:
@@ -186,11 +206,22 @@ def decide(ptype: ParticipantType, current: Snapshot | None, change: Change) -> 
         core = {}
     else:
         state, base, core = current.state, current.properties, dict(current.core)
+    previous_template = core.get("templateId")
+    core.update({k: change.core[k] for k in CORE_EDITABLE if k in change.core})
+    template = _template(definition, core, problems)
+    if template is not None and (current is None or core["templateId"] != previous_template):
+        # Taking a template brings its defaults: over the type's on create, and only for
+        # attributes the participant lacks when an update switches templates.
+        defaults = {n: a.default for n, a in template.attributes.items() if a.has_default}
+        base = {**base, **defaults} if current is None else {**defaults, **base}
     problems.add(F.UNKNOWN_ATTRIBUTE, ptype.attributes.unknown(patch))
     properties = merge_patch(base, {k: v for k, v in patch.items()
                                     if k in definition.attributes})
     problems.add(F.INVALID_ATTRIBUTES, ptype.attributes.issues(properties))
-    core.update({k: change.core[k] for k in CORE_EDITABLE if k in change.core})
+    if template is not None:
+        problems.add(F.INVALID_ATTRIBUTES, [
+            Issue(i.path, f"{i.message} (template '{template.id}')")
+            for i in ptype.templates[template.id].issues(properties)])
     _core_issues(definition, core, problems)
 
     destination = change.destination or state

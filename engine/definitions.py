@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 __all__ = [
     "attribute_from_config", "data_item_from_config", "freeze",
     "CORE_FIELDS", "DATA_TYPES", "NO_DEFAULT", "Attribute", "Category", "Condition",
-    "DataItem", "Definition", "Event", "MainState", "SubState", "Transition", "Ttl",
+    "DataItem", "Definition", "Event", "MainState", "SubState", "Template", "Transition", "Ttl",
+    "template_from_config",
     "parse_duration", "qualify",
 ]
 
@@ -196,6 +197,33 @@ class MainState:
 
 
 @dataclass(frozen=True, slots=True)
+class Template:
+    """Per-category tailoring: attribute overrides that narrow the type's own rules."""
+
+    id: str
+    name: str
+    description: str = ""
+    category: str | None = None
+    sub_category: str | None = None
+    attributes: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+
+
+def template_from_config(template_id: str, config: dict, attributes: dict) -> Template:
+    """A Template from its machine-file entry; overrides keep the attribute's dataType."""
+    overrides = {}
+    for name, raw in (config.get("attributes") or {}).items():
+        base = attributes[name]
+        overrides[name] = Attribute(
+            name=name, data_type=base.data_type, description=base.description,
+            default=raw.get("defaultValue", NO_DEFAULT),
+            **_validation_fields(raw.get("validation")),
+        )
+    return Template(template_id, config["name"], config.get("description", ""),
+                    config.get("category"), config.get("subCategory"),
+                    MappingProxyType(overrides))
+
+
+@dataclass(frozen=True, slots=True)
 class Category:
     name: str
     description: str = ""
@@ -221,6 +249,7 @@ class Definition:
     initial_state: str
     terminal_ttl: int | None = None
     terminal_ttl_text: str | None = None
+    templates: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def indexed_attributes(self) -> tuple[str, ...]:

@@ -49,6 +49,12 @@ INVALID_CATEGORY = _kind(
 INVALID_OWNER = _kind(
     "INVALID_OWNER", "101170021004", "owner not allowed",
     "The owner id does not start with one of the type's allowedOwners.")
+UNKNOWN_TEMPLATE = _kind(
+    "UNKNOWN_TEMPLATE", "101170021030", "unknown template",
+    "templateId names no template of this participant type.")
+TEMPLATE_MISMATCH = _kind(
+    "TEMPLATE_MISMATCH", "101170021031", "template does not match the category",
+    "The template applies to another category or sub-category than the participant's.")
 GUARD_FAILED = _kind(
     "GUARD_FAILED", "101170021094", "transition guard failed",
     "The transition's guard does not hold on the properties after the update.")

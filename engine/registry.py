@@ -23,6 +23,7 @@ from .definitions import (
     freeze,
     parse_duration,
     qualify,
+    template_from_config,
 )
 from .errors import DefinitionError, UnknownParticipantType
 from .lint.runner import collect_files, lint_documents
@@ -81,6 +82,9 @@ def build_definition(data: dict, codes: dict | None, source: str = "") -> Defini
         for name, raw in (data.get("categories") or {}).items()
     }
     terminal_ttl = data.get("terminalTTL")
+    attributes = {n: attribute_from_config(n, c) for n, c in data["attributes"].items()}
+    templates = {t: template_from_config(t, c, attributes)
+                 for t, c in (data.get("templates") or {}).items()}
     return Definition(
         singular=data["participantType"]["singular"],
         plural=data["participantType"]["plural"],
@@ -89,8 +93,7 @@ def build_definition(data: dict, codes: dict | None, source: str = "") -> Defini
         source=source,
         allowed_owners=tuple(data.get("allowedOwners", ())),
         categories=MappingProxyType(categories),
-        attributes=MappingProxyType({n: attribute_from_config(n, c)
-                                     for n, c in data["attributes"].items()}),
+        attributes=MappingProxyType(attributes),
         reasons=MappingProxyType(reasons),
         events=MappingProxyType(events),
         main_states=tuple(main_states),
@@ -98,6 +101,7 @@ def build_definition(data: dict, codes: dict | None, source: str = "") -> Defini
         initial_state=qualify(states, next(iter(states))),
         terminal_ttl=parse_duration(terminal_ttl) if terminal_ttl else None,
         terminal_ttl_text=terminal_ttl,
+        templates=MappingProxyType(templates),
     )
 
 
@@ -109,13 +113,17 @@ class ParticipantType:
     attributes: AttributeValidator
     machine: StateMachine
     event_data: Mapping[str, tuple]  # event code -> ((DataItem, checks), ...)
+    templates: Mapping[str, AttributeValidator]  # template id -> its overrides, compiled
 
     @classmethod
     def compile(cls, definition: Definition) -> ParticipantType:
         event_data = {code: tuple((item, compile_checks(item)) for item in event.data_validations)
                       for code, event in definition.events.items()}
+        templates = {tid: AttributeValidator(definition.plural, t.attributes)
+                     for tid, t in definition.templates.items()}
         return cls(definition, AttributeValidator(definition.plural, definition.attributes),
-                   StateMachine(definition), MappingProxyType(event_data))
+                   StateMachine(definition), MappingProxyType(event_data),
+                   MappingProxyType(templates))
 
     @property
     def plural(self) -> str:

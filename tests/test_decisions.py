@@ -183,3 +183,60 @@ def test_create_can_override_a_default(vehicles):
 def test_merge_patch_follows_rfc_7396(target, patch, expected):
     """Objects merge recursively, null removes a key, anything else replaces."""
     assert merge_patch(target, patch) == expected
+
+
+# -- templates -----------------------------------------------------------------------------------
+
+HEAVY = {"templateId": "heavyTruck", "category": "truck", "subCategory": "large"}
+
+
+def test_template_defaults_apply_on_create(vehicles):
+    """A create with a template gets the template's defaults over the type's."""
+    result = decide(vehicles, None, Change(properties={"registrationNumber": "AB-1234"},
+                                           core=HEAVY))
+    assert result.ok, result
+    assert result.properties["capacityKg"] == 10000
+    result = decide(vehicles, None, Change(properties={"registrationNumber": "AB-1234"},
+                                           core={"templateId": "anyVehicle"}))
+    assert result.properties["fuelType"] == "Electric"
+
+
+def test_template_narrows_validation(vehicles):
+    """Values the type allows but the template forbids fail, naming the template."""
+    result = decide(vehicles, None, Change(
+        properties={"registrationNumber": "AB-1234", "capacityKg": 100, "axles": 2}, core=HEAVY))
+    assert result.kind is F.INVALID_ATTRIBUTES
+    assert [i.path for i in result.issues] == ["$.properties.capacityKg", "$.properties.axles"]
+    assert all("(template 'heavyTruck')" in i.message for i in result.issues)
+
+
+def test_template_required_attribute(vehicles):
+    """An attribute the template requires cannot be removed."""
+    current = Snapshot("onboarding:pending", {**VALID, "capacityKg": 9000}, HEAVY)
+    result = decide(vehicles, current, Change(properties={"capacityKg": None}))
+    assert result.kind is F.INVALID_ATTRIBUTES
+
+
+def test_unknown_template_is_its_own_failure(vehicles):
+    """A templateId that names no template fails with its own code."""
+    result = decide(vehicles, None, Change(properties={"registrationNumber": "AB-1234"},
+                                           core={"templateId": "boat"}))
+    assert (result.kind, [i.path for i in result.issues]) == (F.UNKNOWN_TEMPLATE,
+                                                               ["$.templateId"])
+    assert result.error_code == "101170021030"
+
+
+def test_template_of_another_category_is_its_own_failure(vehicles):
+    """A template whose category differs from the participant's fails with its own code."""
+    result = decide(vehicles, None, Change(properties={"registrationNumber": "AB-1234"},
+                                           core={**HEAVY, "subCategory": "small"}))
+    assert result.kind is F.TEMPLATE_MISMATCH
+    assert result.error_code == "101170021031"
+    assert [i.path for i in result.issues] == ["$.subCategory"]
+
+
+def test_switching_template_on_update_fills_missing_defaults(vehicles):
+    """An update that takes a template gets its defaults only where values are missing."""
+    current = Snapshot("onboarding:pending", {**VALID, "fuelType": "CNG"})
+    result = decide(vehicles, current, Change(core={"templateId": "anyVehicle"}))
+    assert result.ok and result.properties["fuelType"] == "CNG"

@@ -72,6 +72,13 @@ def _condition(condition) -> dict | None:
     return out
 
 
+def _override(attribute) -> dict:
+    out = {"validation": _validation(attribute)}
+    if attribute.default is not NO_DEFAULT:
+        out["defaultValue"] = thaw(attribute.default)
+    return out
+
+
 def participant_type(definition: Definition, diagram: str | None = None) -> dict:
     """The loaded definition: attributes as an OS1 list of {name, dataType, ...}."""
     attributes = []
@@ -118,6 +125,12 @@ def participant_type(definition: Definition, diagram: str | None = None) -> dict
         "states": states,
         "initialState": definition.initial_state,
         "terminalTTL": definition.terminal_ttl_text,
+        "templates": {
+            t.id: {"name": t.name, "description": t.description, "category": t.category,
+                   "subCategory": t.sub_category,
+                   "attributes": {a.name: _override(a) for a in t.attributes.values()}}
+            for t in definition.templates.values()
+        },
     }
     if diagram is not None:
         out["diagram"] = diagram

@@ -37,6 +37,13 @@ def _validations(ctx: Context) -> Iterator[tuple[tuple, str, dict]]:
             if isinstance(item.get("validation"), dict):
                 yield (("events", code, "dataValidations", name, "validation"),
                        item.get("type"), item["validation"])
+    attributes = ctx.section("attributes")
+    for template_id, template in ctx.section("templates").items():
+        for name, override in mapping(mapping(template).get("attributes")).items():
+            validation = mapping(override).get("validation")
+            if isinstance(validation, dict) and isinstance(attributes.get(name), dict):
+                yield (("templates", template_id, "attributes", name, "validation"),
+                       attributes[name].get("dataType"), validation)
 
 
 def _schema_problems(schema: dict) -> Iterator[tuple[tuple, str]]:

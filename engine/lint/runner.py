@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..yamlfile import Document, load_file
-from . import attributes, codes, states, structure, timers  # noqa: F401  (registers rules)
+from . import attributes, codes, states, structure, templates, timers  # noqa: F401
 from ._rule import RULES, Context
 
 __all__ = ["Problem", "collect_files", "lint_documents", "lint_paths"]

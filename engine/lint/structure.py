@@ -24,6 +24,7 @@ _PATTERN_NAMES = {
     "^[A-Za-z][A-Za-z0-9_]{0,63}$": "a letter, then up to 63 letters, digits or '_'",
     "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$": "up to 64 letters, digits, '_' or '-'",
     "^[A-Za-z][A-Za-z0-9_-]{0,63}$": "a letter, then up to 63 letters, digits, '_' or '-'",
+    "^[a-z][A-Za-z0-9_-]{1,63}$": "a lower-case letter, then 1 to 63 letters, digits, '_' or '-'",
     "^[0-9]+\\.[0-9]+\\.[0-9]+$": "three numbers such as '1.0.0'",
 }
 
