@@ -16,6 +16,39 @@ import pytest
 from engine.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Reliability suites run short by default and long with RELIABILITY_LONG=1; their figures go to
+# the JSON file named by RELIABILITY_FIGURES (reliability/report.py renders the README table).
+LONG = os.environ.get("RELIABILITY_LONG") == "1"
+FIGURES_FILE = os.environ.get("RELIABILITY_FIGURES")
+
+
+def scale(short: int, long: int) -> int:
+    """How many of something a reliability suite does: `long` under RELIABILITY_LONG=1."""
+    return long if LONG else short
+
+
+@pytest.fixture
+def figure(request):
+    """Record what a reliability test proved: `figure(guarantee, text)` (one row each)."""
+    rows = []
+
+    def record(guarantee: str, text: str) -> None:
+        rows.append({"guarantee": guarantee, "figure": text, "test": request.node.nodeid})
+
+    yield record
+    if FIGURES_FILE and rows and not request.node.rep_call_failed:
+        path = Path(FIGURES_FILE)
+        existing = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(existing + rows, indent=1))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.rep_call_failed = report.failed
+    return report
 TEST_MACHINES = Path(__file__).resolve().parent / "data" / "machines"
 
 
