@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from engine.store import sqlite3
-from tests.conftest import BASE, Server, headers
+from tests.conftest import BASE, Server, headers, scale
 
 TIMEOUT = 60
 ACTIVATE = {"eventCode": "E-022", "reasonCode": "R-0001"}
@@ -292,12 +292,14 @@ def test_errors_over_http_use_the_error_envelope_and_write_nothing(server):
 
 # -- concurrency ------------------------------------------------------------------------------
 
-def test_concurrent_deactivations_have_exactly_one_winner(gunicorn):
-    """40 clients deactivate one participant at once: one succeeds, 39 get failure events."""
+@pytest.mark.reliability
+def test_concurrent_deactivations_have_exactly_one_winner(gunicorn, figure, request):
+    """Clients deactivate one participant at once: one succeeds, the rest get failure events."""
     database = _database(gunicorn)
     pid = _active(gunicorn, "RACE-1")
     path = f"/vehicles/{pid}/state/event"
-    responses = _fire([lambda: _call(gunicorn, "PUT", path, _state_event(DEACTIVATE))] * 40)
+    clients = scale(40, 64)
+    responses = _fire([lambda: _call(gunicorn, "PUT", path, _state_event(DEACTIVATE))] * clients)
 
     events = [_assert_accepted(r, "ParticipantStateUpdation", r.json()["data"]["event"]
                                ["payloadValidated"]) for r in responses]
@@ -306,9 +308,13 @@ def test_concurrent_deactivations_have_exactly_one_winner(gunicorn):
     assert {(e["errorCode"], e["state"], e["version"]) for e in events if e not in winners} == {
         (INVALID_TRANSITION, "inactive:inactive", 3)}
     records = _log(database, pid)
-    assert len(records) == 2 + 40 and records[2]["event"]["id"] == winners[0]["id"]
+    assert len(records) == 2 + clients and records[2]["event"]["id"] == winners[0]["id"]
     assert _participant_row(database, pid)[:2] == (3, "inactive:inactive")
     _assert_row_matches_log(database, pid, records)
+    workers = request.node.callspec.id
+    figure("Conflicting transitions on one participant have exactly one winner",
+           f"{clients} concurrent E-023 on {workers}: 1 winner, {clients - 1} failure events, "
+           "0 × 5xx, 0 × database is locked")
 
 
 def test_concurrent_opposite_transitions_serialize(gunicorn):
@@ -351,8 +357,9 @@ def test_concurrent_opposite_transitions_serialize(gunicorn):
     _assert_row_matches_log(database, pid, records)
 
 
-def test_concurrent_writes_with_if_match_have_one_winner(gunicorn):
-    """40 writes all naming the version just read: one is applied, the rest answer 412."""
+@pytest.mark.reliability
+def test_concurrent_writes_with_if_match_have_one_winner(gunicorn, figure, request):
+    """50 writes all naming the version just read: one is applied, the rest answer 412."""
     database = _database(gunicorn)
     pid = _active(gunicorn, "MATCH-1")
     etag = _call(gunicorn, "GET", f"/vehicles/{pid}").headers["ETag"]
@@ -372,6 +379,9 @@ def test_concurrent_writes_with_if_match_have_one_winner(gunicorn):
     records = _log(database, pid)
     assert len(records) == 3 and records[-1]["event"]["id"] == winner["id"]
     _assert_row_matches_log(database, pid, records)
+    figure("Concurrent writes with If-Match: one applied, no lost update",
+           f"50 concurrent writes naming version 2 on {request.node.callspec.id}: 1 applied, "
+           "49 × 412, 1 event")
 
 
 @pytest.mark.parametrize("kind", ["create", "update"])
@@ -444,9 +454,10 @@ def test_one_request_id_in_two_tenants_at_once_writes_twice(server):
         ("tenant-a", 1), ("tenant-b", 1)]
 
 
-@pytest.mark.slow
-def test_a_thousand_identical_requests_write_one_event(tmp_path):
-    """1,000 copies of one combined update from 32 threads on 4 workers: one event."""
+@pytest.mark.reliability
+def test_a_thousand_identical_requests_write_one_event(tmp_path, figure):
+    """Copies of one combined update (1,000 in the long form) from 32 threads: one event."""
+    copies = scale(150, 1000)
     srv = Server(tmp_path / "soak.db", workers=4)
     try:
         pid = _create(srv, "SOAK-1")
@@ -457,7 +468,7 @@ def test_a_thousand_identical_requests_write_one_event(tmp_path):
             return _call(srv, "PUT", f"/vehicles/{pid}", body, request_id=request_id)
 
         with ThreadPoolExecutor(max_workers=32) as pool:
-            responses = list(pool.map(send, range(1000)))
+            responses = list(pool.map(send, range(copies)))
         answered = [r for r in responses if r.status_code == 202]
         assert {r.status_code for r in responses} <= {202, 409}
         assert len({r.content for r in answered}) == 1
@@ -465,6 +476,10 @@ def test_a_thousand_identical_requests_write_one_event(tmp_path):
     finally:
         log = srv.stop()
     assert "Traceback" not in log and "database is locked" not in log, log
+    conflicts = sum(r.status_code == 409 for r in responses)
+    figure("Identical requests (same request id) write once and replay byte for byte",
+           f"{copies:,} concurrent copies on 4 workers: 1 event, {len(answered) - 1:,} "
+           f"byte-identical replays, {conflicts} × 409, 0 × 5xx")
 
 
 # -- mixed load ---------------------------------------------------------------------------------
@@ -567,12 +582,17 @@ def test_mixed_load_keeps_every_log_contiguous(gunicorn):
     assert load.replays and load.statuses[202] > 50 and load.statuses[200]
 
 
-@pytest.mark.slow
-def test_mixed_load_soak(tmp_path):
-    """The mixed load for 60 s over 50 participants from 16 clients on 4 workers."""
+@pytest.mark.reliability
+def test_mixed_load_soak(tmp_path, figure):
+    """The mixed load (60 s over 50 participants from 16 clients in the long form) on 4 workers."""
+    seconds, threads, participants = scale(4, 60), scale(8, 16), scale(20, 50)
     srv = Server(tmp_path / "soak.db", workers=4)
     try:
-        _mixed_load(srv, seconds=60, threads=16, participants=50)
+        load = _mixed_load(srv, seconds=seconds, threads=threads, participants=participants)
     finally:
         log = srv.stop()
     assert "Traceback" not in log and "database is locked" not in log, log
+    figure("Under mixed load every accepted write is exactly one event; versions contiguous",
+           f"{seconds} s, {threads} clients, {participants} participants, 4 workers: "
+           f"{len(load.written):,} accepted writes = {len(load.written):,} events, "
+           f"{load.replays:,} replays, 0 × 5xx, 0 × database is locked")
