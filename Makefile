@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup clean bench
+.PHONY: run test lint setup clean bench reliability
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/benchmark.py
+
+reliability: $(STAMP)
+	$(BIN)/python reliability/report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache instance
