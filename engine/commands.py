@@ -41,6 +41,8 @@ class Command:
     data: dict = field(default_factory=dict)   # what the request changed, for the event
     hook_issue: Issue | None = None  # the onRequest hook rejected the request
     timer: bool = False              # a sub-state ttl expiring, not a client
+    batch_id: str | None = None      # an item of this batch ...
+    batch_item: int | None = None    # ... at this index: its outcome is recorded with its event
 
 
 def _to_ms(timestamp: float) -> int:
@@ -110,6 +112,6 @@ def replace_fields(command: Command, answer) -> tuple[Command, dict]:
     rebuilt = build(command.kind, {**command.body, **taken}, **{
         k: getattr(command, k) for k in (
             "tenant_id", "request_id", "fingerprint", "participant_id", "user_info",
-            "callback_secret", "token", "if_match")
+            "callback_secret", "token", "if_match", "batch_id", "batch_item")
     })
     return rebuilt, record

@@ -76,12 +76,13 @@ class Dispatcher:
 
     def __init__(self, store: Store, *, allow_private: bool = False,
                  policy: DeliveryPolicy | None = None, clock: Callable[[], float] = time.time,
-                 timers=None, sender=send):
+                 timers=None, batches=None, sender=send):
         self.store = store
         self.allow_private = allow_private
         self.policy = policy or DeliveryPolicy()
         self.clock = clock
         self.timers = timers
+        self.batches = batches
         self.sender = sender
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -177,19 +178,28 @@ class Dispatcher:
     # -- loops -------------------------------------------------------------------------------
 
     def run_once(self, stop: threading.Event | None = None) -> int:
-        """Run due timers, then deliver one batch; returns how many rows were attempted."""
+        """Run due timers, apply some batch items, then deliver one round of the outbox.
+
+        Returns how many batch items were applied plus how many rows were attempted.
+        """
         if self.timers is not None:
             try:
                 self.timers.run_due(self.clock())
             except Exception:  # timers must never hold up deliveries
                 log.exception("state timers failed this round")
+        applied = 0
+        if self.batches is not None:
+            try:
+                applied = self.batches.run_once(stop=stop)
+            except Exception:  # nor must batches
+                log.exception("batch items failed this round")
         rows = self.claim()
         for i, row in enumerate(rows):
             if stop is not None and stop.is_set():
                 self.release(rows[i:])
-                return i
+                return applied + i
             self.record(row, self.attempt(row))
-        return len(rows)
+        return applied + len(rows)
 
     def release(self, rows) -> None:
         """Give back leases we will not use (on shutdown), so others need not wait them out."""

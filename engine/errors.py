@@ -46,6 +46,14 @@ class ParticipantNotFound(EngineError):
         super().__init__(f"participant '{participant_id}' not found")
 
 
+class BatchNotFound(EngineError):
+    """No batch with that id exists for this participant type in this tenant."""
+
+    def __init__(self, batch_id: str):
+        self.batch_id = batch_id
+        super().__init__(f"batch '{batch_id}' not found")
+
+
 class PreconditionFailed(EngineError):
     """If-Match named a version that is no longer the participant's."""
 

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import events, idempotency
+from . import batches, events, idempotency
 from . import failures as F
 from .commands import Command
 from .decisions import Failure, Snapshot, decide
@@ -118,6 +118,8 @@ class Service:
             if replay is not None:
                 return WriteResult(replay[0], replay[1], True)
             record, state = self._apply(conn, ptype, command, now, hook_record)
+            if command.batch_id is not None:  # the item's outcome commits with its event
+                batches.record_item(conn, command.batch_id, command.batch_item, record)
             status, body = render(record["entityInstanceId"], record, state)
             idempotency.save(conn, command.tenant_id, command.request_id, command.fingerprint,
                              status, body, now)
@@ -163,7 +165,8 @@ class Service:
 
         stored_callback = current.callback if current else None
         callback = command.callback or stored_callback
-        ctx = EventContext(command.tenant_id, command.request_id, command.user_info, callback)
+        ctx = EventContext(command.tenant_id, command.request_id, command.user_info, callback,
+                           command.batch_id)
         data = {"entityName": definition.plural, "appId": "participants",
                 "updatedBy": command.user_info, "updatedAt": str(now),
                 "uniqueCode": command.unique_code or (current.unique_code if current else None),

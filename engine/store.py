@@ -18,7 +18,7 @@ __all__ = ["SCHEMA_VERSION", "Store", "StoredParticipant", "sqlite3"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 _APPEND_ONLY = """
@@ -93,7 +93,24 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     participants.create_index(["type", "state", "state_entered_at"])
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    """Batches: one row per accepted batch request, one per item, processed item by item."""
+    db["batches"].create({
+        "id": str, "tenant_id": str, "type": str, "kind": str, "status": str, "total": int,
+        "success": int, "failed": int, "created_at": int, "completed_at": int,
+        "request_id": str, "user_info": str, "callback": str, "callback_secret": str,
+        "token": str,
+    }, pk="id", not_null={"tenant_id", "type", "kind", "status", "total", "success", "failed",
+                          "created_at", "request_id"})
+    db["batches"].create_index(["status", "created_at"])
+    db["batch_items"].create({
+        "batch_id": str, "idx": int, "body": str, "status": str, "participant_id": str,
+        "event_id": str, "reason": str, "error_code": str,
+    }, pk=("batch_id", "idx"), not_null={"body", "status"})
+    db["batch_items"].create_index(["batch_id", "status", "idx"])
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 def now_ms() -> int:
@@ -229,6 +246,16 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every statement in it sees the same snapshot."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
 
     # -- hot-path statements -------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from urllib.parse import quote, urlsplit
@@ -12,6 +13,7 @@ import referencing
 from referencing.jsonschema import DRAFT202012
 
 from engine import idempotency
+from engine.batches import BatchWorker
 from engine.store import now_ms
 from tests.conftest import BASE, headers
 from webapp.http import OPENAPI
@@ -240,6 +242,24 @@ def _error_cases(call, app, method: str, url: str, body: dict | None, write: boo
          headers=headers(request_id=rid))
 
 
+def _batch_error_cases(call, app, method: str, url: str, body: dict):
+    """The refusals of a batch route: as a write's, with its own limit on the item count."""
+    h = headers()
+    call(method, url, 400, json=body,
+         headers={k: v for k, v in h.items() if k != "X-COREOS-REQUEST-ID"})
+    call(method, url, 401, json=body, headers=headers(**{"X-COREOS-ACCESS": "token-b"}))
+    call(method, url, 400, json={**body, "version": 1}, headers=headers())
+    call(method, url, 415, data="{}", headers=headers(), content_type="text/plain")
+    call(method, url, 413, json={"payload": [{}] * 10_001}, headers=headers())
+    rid = f"in-flight {method} {url}"
+    _reserve(app, method, url, body, rid)
+    call(method, url, 409, json=body, headers=headers(request_id=rid))
+    rid = f"reused {method} {url}"
+    call(method, url, 202, json=body, headers=headers(request_id=rid))
+    call(method, url, 422, json={**body, "callback": {"url": "http://127.0.0.1:9/x"}},
+         headers=headers(request_id=rid))
+
+
 def test_every_response_of_a_scenario_matches_the_document(client, app):
     """A scenario reaching every documented status of every operation matches the document."""
     contract = Contract(OPENAPI)
@@ -339,6 +359,35 @@ def test_every_response_of_a_scenario_matches_the_document(client, app):
     call("GET", vehicles, 400, query_string={"sortKey": "capacityKg"}, headers=headers())
     call("GET", f"{BASE}/trains", 404, headers=headers())
     _error_cases(call, app, "GET", vehicles, None, write=False)
+
+    # batches: JSON and CSV, create and update, their status before and after processing
+    batch = f"{vehicles}/batch"
+    batch_body = {"payload": [{"uniqueCode": "B-1", "properties": {"registrationNumber": "EF-1"}},
+                              {"properties": {}}],
+                  "callback": {"url": "http://127.0.0.1:9/batch", "meta": {"k": 1}}}
+    created_batch = call("POST", batch, 202, json=batch_body, headers=headers(**user))
+    csv_file = (io.BytesIO(b"uniqueCode,registrationNumber,axles\nB-2,GH-1234,3\n"), "b.csv")
+    call("POST", batch, 202, data={"file": csv_file}, content_type="multipart/form-data",
+         headers=headers())
+    call("PUT", batch, 202, json={"payload": [{"id": pid, "properties": {"axles": 6}},
+                                              {"id": "vehicles:missing"}]}, headers=headers())
+    call("POST", f"{BASE}/trains/batch", 404, json=batch_body, headers=headers())
+    call("PUT", f"{BASE}/trains/batch", 404, json={"payload": [{"id": pid}]}, headers=headers())
+    call("PUT", batch, 400, json={"payload": []}, headers=headers())
+    _batch_error_cases(call, app, "POST", batch, batch_body)
+    _batch_error_cases(call, app, "PUT", batch, {"payload": [{"id": pid}]})
+    batch_status = f"{vehicles}/batch/status"
+    query = {"batchId": created_batch.json["data"]["id"]}
+    call("GET", batch_status, 200, query_string=query, headers=headers())
+    state = app.extensions["participants"]
+    worker = BatchWorker(state.types, state.service)
+    while worker.run_once():
+        pass
+    done = call("GET", batch_status, 200, query_string=query, headers=headers())
+    assert done.json["data"]["meta"]["status"] == "completed", done.json
+    call("GET", batch_status, 404, query_string=query, headers=headers("b"))
+    call("GET", batch_status, 400, headers=headers())
+    _error_cases(call, app, "GET", f"{batch_status}?batchId=x", None, write=False)
 
     # the document itself
     call("GET", f"{BASE}/openapi.json", 200)

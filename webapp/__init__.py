@@ -15,6 +15,7 @@ from flask import Flask, Response, current_app, g, request
 from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException
 
+from engine.batches import BatchWorker
 from engine.dispatcher import DEFAULT_SCHEDULE, DeliveryPolicy, Dispatcher
 from engine.hooks import HookCaller
 from engine.registry import Registry, load_registry
@@ -43,6 +44,8 @@ DEFAULTS = {
     "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS": 10,
     "PARTICIPANTS_DELIVERY_LEASE_SECONDS": 60,
     "PARTICIPANTS_HOOK_TIMEOUT_SECONDS": 10,
+    "PARTICIPANTS_MAX_BATCH_ITEMS": 10_000,
+    "PARTICIPANTS_MAX_BATCH_BODY_BYTES": 32 * 1024 * 1024,
 }
 
 
@@ -56,11 +59,14 @@ class Participants:
     tokens: dict
     allow_private: bool
     policy: DeliveryPolicy
+    max_batch_items: int = 10_000
+    max_batch_bytes: int = 32 * 1024 * 1024
 
     def dispatcher(self, clock=time.time) -> Dispatcher:
-        """A dispatcher for this app's outbox and timers (one per thread or process)."""
+        """A dispatcher for this app's outbox, timers and batches (one per thread or process)."""
         return Dispatcher(self.store, allow_private=self.allow_private, policy=self.policy,
-                          clock=clock, timers=Timers(self.types, self.service))
+                          clock=clock, timers=Timers(self.types, self.service),
+                          batches=BatchWorker(self.types, self.service, clock))
 
 
 def _config_error(name: str, problem: str) -> ValueError:
@@ -72,6 +78,13 @@ def _int(config, name: str) -> int:
         return int(config[name])
     except (TypeError, ValueError):
         raise _config_error(name, f"expected a whole number, got {config[name]!r}") from None
+
+
+def _positive(config, name: str) -> int:
+    value = _int(config, name)
+    if value < 1:
+        raise _config_error(name, f"expected a whole number above 0, got {config[name]!r}")
+    return value
 
 
 def _flag(config, name: str) -> bool:
@@ -131,9 +144,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     policy = DeliveryPolicy(schedule=_schedule(config),
                             read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"),
                             lease_seconds=_int(config, "PARTICIPANTS_DELIVERY_LEASE_SECONDS"))
-    app.extensions["participants"] = Participants(types, store, service,
-                                                  token_table(_tokens(config)), allow_private,
-                                                  policy)
+    app.extensions["participants"] = Participants(
+        types, store, service, token_table(_tokens(config)), allow_private, policy,
+        max_batch_items=_positive(config, "PARTICIPANTS_MAX_BATCH_ITEMS"),
+        max_batch_bytes=_positive(config, "PARTICIPANTS_MAX_BATCH_BODY_BYTES"))
     gunicorn_log = logging.getLogger("gunicorn.error")
     if gunicorn_log.handlers:  # under gunicorn, speak through its log
         log.handlers, log.propagate = gunicorn_log.handlers, False
@@ -144,9 +158,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         log.warning("PARTICIPANTS_ACCESS_TOKENS is empty: every request will be refused (401)")
 
     from .api import bp, update
+    from .batches import bp as batches_bp
 
     base = "/" + str(config["PARTICIPANTS_BASE_PATH"]).strip("/")
     app.register_blueprint(bp, url_prefix=base)
+    app.register_blueprint(batches_bp, url_prefix=base)
     # The seed's sample request: PUT {{baseUrl}}/participant/{plural}/{id}
     alias = base.rsplit("/", 1)[0] + "/participant/<plural>/<pid>"
     app.add_url_rule(alias, "participant_alias", update, methods=["PUT"])
@@ -159,7 +175,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 @click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
 @with_appcontext
 def dispatch_command(once: bool) -> None:
-    """Deliver callbacks and hooks from the outbox and run state timers until SIGTERM."""
+    """Deliver callbacks and hooks from the outbox, run state timers and batches until SIGTERM."""
     dispatcher = current_app.extensions["participants"].dispatcher()
     if once:
         while dispatcher.run_once():

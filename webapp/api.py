@@ -152,8 +152,8 @@ def _own(plural: str, pid: str) -> str:
 
 # -- writes -----------------------------------------------------------------------------------
 
-def _check_urls(body: dict) -> None:
-    """Callback and hook URLs must be http(s) and, unless allowed, not private (400)."""
+def url_issues(body: dict) -> list[Issue]:
+    """Callback and hook URLs that are not http(s) or, unless allowed, are private."""
     issues = []
     for field in ("callback", "onRequest", "onError"):
         url = (body.get(field) or {}).get("url")
@@ -163,6 +163,12 @@ def _check_urls(body: dict) -> None:
             check_url(url, allow_private=_state().allow_private)
         except OutboundRefused as error:
             issues.append(Issue(f"$.{field}.url", str(error)))
+    return issues
+
+
+def _check_urls(body: dict) -> None:
+    """Callback and hook URLs must be http(s) and, unless allowed, not private (400)."""
+    issues = url_issues(body)
     if issues:
         raise BadRequest("; ".join(i.message for i in issues), issues)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from werkzeug.exceptions import HTTPException
 
 from engine.errors import (
+    BatchNotFound,
     DefinitionError,
     InvalidQuery,
     Issue,
@@ -60,6 +61,7 @@ TABLE: list[tuple[type[BaseException], int, str]] = [
     (InvalidQuery, 400, "101170024000"),
     (UnknownParticipantType, 404, "101170024041"),
     (ParticipantNotFound, 404, "101170024042"),
+    (BatchNotFound, 404, "101170024043"),
     (RequestInFlight, 409, "101170024090"),
     (PreconditionFailed, 412, "101170024120"),
     (RequestIdReused, 422, "101170024220"),

@@ -12,7 +12,7 @@ from importlib import resources
 
 import jsonschema
 import referencing
-from flask import Request, current_app, g
+from flask import Request, g
 from referencing.jsonschema import DRAFT202012
 
 from engine.attributes import json_path
@@ -22,7 +22,8 @@ from engine.yamlfile import load_text
 
 from .errors import BadRequest, TooLarge, Unauthorized, UnsupportedMediaType
 
-__all__ = ["Caller", "OPENAPI", "authenticate", "if_match", "read_json", "validate"]
+__all__ = ["Caller", "OPENAPI", "authenticate", "if_match", "problems", "read_json",
+           "strict_loads", "validate"]
 
 MAX_DEPTH = 32
 MAX_HEADER = {"X-COREOS-REQUEST-ID": 255, "X-COREOS-TID": 128, "X-COREOS-ACCESS": 1024,
@@ -181,7 +182,7 @@ def strict_loads(text: str):
 
 def _body_bytes(request: Request) -> bytes:
     """The raw body; 413 past MAX_CONTENT_LENGTH, with or without a Content-Length."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    limit = request.max_content_length  # the app's, unless the view set its own
     if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
         return request.get_data(cache=True)  # werkzeug raises 413 for a long Content-Length
     # A chunked body: werkzeug would silently cut it at the limit, so read one byte more.
@@ -233,12 +234,17 @@ def _issues(error: jsonschema.ValidationError, root: str):
         yield Issue(json_path(root, *path), error.message)
 
 
-def validate(schema_name: str, body, root: str = "$") -> None:
-    """400 with every problem when `body` does not fit the API's request schema."""
+def problems(schema_name: str, body, root: str = "$") -> list[Issue]:
+    """Every way `body` does not fit the API's schema `schema_name`, with its path."""
     validator = schema_validator(schema_name)
     errors = sorted(validator.iter_errors(body), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        issues = [issue for error in errors for issue in _issues(error, root)]
+    return [issue for error in errors for issue in _issues(error, root)]
+
+
+def validate(schema_name: str, body, root: str = "$") -> None:
+    """400 with every problem when `body` does not fit the API's request schema."""
+    issues = problems(schema_name, body, root)
+    if issues:
         raise BadRequest("the request does not match the API: "
                          + "; ".join(f"{i.path} {i.message}" for i in issues[:5]), issues)
 
