@@ -223,7 +223,8 @@ class Service:
         else:
             version, created_at, created_by = current.version + 1, current.created_at, \
                 current.created_by
-            entered = now if outcome.state != current.state else current.state_entered_at
+            # any transition, a self-loop included, re-enters its sub-state and restarts its ttl
+            entered = now if outcome.transitioned else current.state_entered_at
             cursor = conn.execute(
                 "UPDATE participants SET name = ?, owner = ?, category = ?, sub_category = ?,"
                 " template_id = ?, state = ?, properties = ?, version = version + 1,"
