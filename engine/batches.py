@@ -198,18 +198,33 @@ class BatchWorker:
     """Applies pending items of unfinished batches, oldest batch first, one transaction each."""
 
     def __init__(self, types: Mapping[str, ParticipantType], service: Service,
-                 clock: Callable[[], float] = time.time, per_batch: int = 100):
+                 clock: Callable[[], float] = time.time, per_batch: int = 100,
+                 max_hold_off: float = 0.1):
         self.types = types
         self.service = service
         self.clock = clock
         self.per_batch = per_batch   # items of one batch per round, so a big batch shares
+        self.max_hold_off = max_hold_off   # seconds an item waits for foreground writes, at most
 
     @property
     def store(self) -> Store:
         return self.service.store
 
     def run_once(self, limit: int = 200, stop: threading.Event | None = None) -> int:
-        """Apply up to `limit` pending items; completes batches left with none. Returns how many."""
+        """Apply up to `limit` pending items; completes batches left with none. Returns how many.
+
+        Its writes are background ones: before each item it holds off (up to `max_hold_off`)
+        while foreground writes wait for the write lock, so clients are served first.
+        """
+        with self.store.background():
+            return self._run(limit, stop)
+
+    def _hold_off(self) -> None:
+        deadline = time.monotonic() + self.max_hold_off
+        while self.store.writers_waiting() and time.monotonic() < deadline:
+            time.sleep(0.0002)
+
+    def _run(self, limit: int, stop: threading.Event | None) -> int:
         open_batches = [_batch(row) for row in self.store.conn.execute(
             f"SELECT {_COLUMNS} FROM batches WHERE status IN ('pending', 'processing')"
             " ORDER BY created_at, id").fetchall()]
@@ -226,6 +241,7 @@ class BatchWorker:
             for index, body in pending:
                 if stop is not None and stop.is_set():
                     return done
+                self._hold_off()
                 self._apply(batch, index, json.loads(body))
                 done += 1
             if len(pending) < take:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,11 @@ from pathlib import Path
 
 import sqlite_utils
 from sqlite_utils.db import sqlite3
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: writes do not announce themselves, batches never hold off
+    fcntl = None
 
 __all__ = ["SCHEMA_VERSION", "Store", "StoredParticipant", "sqlite3"]
 
@@ -174,8 +180,13 @@ class Store:
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        # Writes hold a shared lock on this file while they wait for and hold the write lock,
+        # so a background writer (the batch worker) can see them and let them go first.
+        self._intent_path = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if fcntl is not None:
+                self._intent_path = self.path + "-writers"
         self.migrate()
 
     # -- connections ---------------------------------------------------------------------
@@ -203,6 +214,10 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+        intent = getattr(self._local, "intent", None)
+        if intent is not None:
+            os.close(intent)
+            self._local.intent = None
 
     @property
     def sqlite_version(self) -> str:
@@ -239,13 +254,67 @@ class Store:
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        announced = self._announce()
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if announced is not None:
+                fcntl.flock(announced, fcntl.LOCK_UN)
+
+    # -- foreground and background writers -----------------------------------------------
+    #
+    # SQLite's busy handler sleeps 1, 2, 5, ... up to 100 ms between attempts, so a writer that
+    # commits back to back (a batch) can keep another waiting for seconds. Foreground writes
+    # therefore hold a shared flock on `<database>-writers` while they wait and write, and a
+    # background writer checks it between its transactions and holds off while it is held.
+
+    def _intent(self) -> int | None:
+        """This thread's descriptor of the intent file (flocks belong to open descriptions)."""
+        if self._intent_path is None:
+            return None
+        fd = getattr(self._local, "intent", None)
+        if fd is None:
+            fd = self._local.intent = os.open(self._intent_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return fd
+
+    def _announce(self) -> int | None:
+        if getattr(self._local, "background", False):
+            return None
+        fd = self._intent()
+        if fd is None:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return None  # a background writer is looking at this instant; it will see us next
+        return fd
+
+    def writers_waiting(self) -> bool:
+        """Whether a foreground write, in any thread or process, waits for or holds the lock."""
+        fd = self._intent()
+        if fd is None:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+
+    @contextmanager
+    def background(self) -> Iterator[None]:
+        """This thread's writes in the block are background ones: they do not announce."""
+        self._local.background = True
+        try:
+            yield
+        finally:
+            self._local.background = False
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -622,3 +622,59 @@ def test_the_dispatcher_applies_batches(client, app):
     assert dispatcher.run_once() == 3
     dispatcher.run_once()
     assert status(client, batch_id)["meta"]["status"] == "completed"
+
+
+# -- sharing the write lock -----------------------------------------------------------------------
+
+def test_foreground_writes_announce_themselves_and_background_ones_do_not(app):
+    """While a write waits or runs, writers_waiting() says so, unless it is a background one."""
+    store = app.extensions["participants"].store
+    assert not store.writers_waiting()
+    inside, leave = threading.Event(), threading.Event()
+
+    def write(background: bool) -> None:
+        try:
+            if background:
+                with store.background(), store.write():
+                    inside.set()
+                    leave.wait(5)
+            else:
+                with store.write():
+                    inside.set()
+                    leave.wait(5)
+        finally:
+            store.close()
+
+    for background, expected in ((False, True), (True, False)):
+        inside.clear()
+        leave.clear()
+        thread = threading.Thread(target=write, args=(background,))
+        thread.start()
+        assert inside.wait(5)
+        assert store.writers_waiting() is expected
+        leave.set()
+        thread.join()
+    assert not store.writers_waiting()
+
+
+def test_the_worker_holds_off_while_writes_wait_but_never_stops(client, app):
+    """Before each item the worker waits for announced writes, at most max_hold_off."""
+    import fcntl
+    import os
+    import time
+
+    state = app.extensions["participants"]
+    batch_id = accepted(submit(client, [{"uniqueCode": f"V-{i}", "properties": GOOD}
+                                        for i in range(3)]))
+    worker = BatchWorker(state.types, state.service, max_hold_off=0.05)
+    waiting = os.open(state.store.path + "-writers", os.O_RDWR)
+    try:
+        fcntl.flock(waiting, fcntl.LOCK_SH)  # what a write waiting for the lock holds
+        started = time.monotonic()
+        assert worker.run_once() == 3
+        assert time.monotonic() - started >= 3 * 0.05
+        fcntl.flock(waiting, fcntl.LOCK_UN)
+        drain(worker)
+    finally:
+        os.close(waiting)
+    assert status(client, batch_id)["meta"]["status"] == "completed"
