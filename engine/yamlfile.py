@@ -143,18 +143,44 @@ class _Builder:
             return key_node.value  # numbers as keys: keep the text the author wrote
         return key
 
+    def _merged_size(self, node: yaml.MappingNode, seen: dict) -> int:
+        """How many entries `node` has once its `<<:` merges are resolved, without resolving."""
+        if id(node) in seen:
+            return seen[id(node)]
+        seen[id(node)] = 0  # a merge cycle counts nothing more
+        size = 0
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE:
+                size += 1
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+                else [value_node]
+            size += sum(self._merged_size(s, seen) for s in sources
+                        if isinstance(s, yaml.MappingNode))
+            if size > MAX_NODES:
+                raise _TooLarge
+        seen[id(node)] = size
+        return size
+
     def _mapping(self, node: yaml.MappingNode, path: tuple, depth: int) -> dict:
         if id(node) not in self.merged:  # an aliased mapping is flattened only once
+            # Merge keys can double a mapping at every level ("merge bombs"): bound the result
+            # before PyYAML builds it.
+            if any(k.tag == _MERGE for k, _v in node.value):
+                self.count += self._merged_size(node, {})
+                if self.count > MAX_NODES:
+                    raise _TooLarge
             own = sum(key_node.tag != _MERGE for key_node, _value in node.value)
             self.constructor.flatten_mapping(node)  # resolves `<<:`, putting merged entries first
             self.merged[id(node)] = len(node.value) - own
         merged = self.merged[id(node)]
         keys = [self._key(key_node, path) for key_node, _value in node.value]
+        last = {key: index for index, key in enumerate(keys)}
         result: dict = {}
         for index, ((key_node, value_node), key) in enumerate(zip(node.value, keys, strict=True)):
             if key is _NOT_A_KEY:
                 continue
-            if index < merged and key in keys[index + 1:]:
+            if index < merged and last[key] != index:
                 continue  # a merged entry gives way to a later one: that is what `<<:` is for
             line, col = _mark(key_node)
             if key in result:
@@ -190,6 +216,13 @@ def load_text(text: str, path: Path | str = "<string>") -> Document:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         doc.problems.append(_syntax_problem(exc))
+        return doc
+    except yaml.reader.ReaderError as exc:
+        line, col = _text_position(text[:exc.position])
+        doc.problems.append(YamlProblem(
+            "E000", (), line, col, f"not valid YAML: the character U+{exc.character:04X} is not "
+                                   "allowed here" if isinstance(exc.character, int) else
+                                   f"not valid YAML: {exc.reason}"))
         return doc
     except yaml.YAMLError as exc:
         doc.problems.append(YamlProblem("E000", (), 1, 1, f"not valid YAML: {exc}"))

@@ -104,7 +104,8 @@ def authenticate(request: Request, tokens: dict[bytes, tuple[bytes, str]]) -> Ca
     token = request.headers.get("X-COREOS-ACCESS", "")
     digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
     known_digest, tenant = tokens.get(digest, (b"\0" * 32, None))
-    if not token or not hmac.compare_digest(digest, known_digest) or tenant != tenant_id:
+    matches = hmac.compare_digest(digest, known_digest)  # always, even for a missing token
+    if not token or not matches or tenant != tenant_id:
         raise Unauthorized("the access token is missing, unknown, or not valid for this tenant")
     user_info = None
     raw = _header(request, "X-COREOS-USERINFO", required=False)

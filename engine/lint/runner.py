@@ -55,12 +55,21 @@ def _codes_for(doc: Document, docs: list[Document]) -> Document | None:
     return None
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def _one_line(message: str) -> str:
+    """Keys and values quoted in a message may hold control characters: escape them."""
+    return message.translate(_CONTROL)
+
+
 def lint_documents(docs: list[Document]) -> list[Problem]:
     """Every problem in `docs`, sorted by file, line and column."""
     problems: set[Problem] = set()
     for doc in docs:
         for p in doc.problems:
-            problems.add(Problem(str(doc.path), p.line, p.col, p.rule, p.message))
+            problems.add(Problem(str(doc.path), p.line, p.col, p.rule, _one_line(p.message)))
         if not doc.readable:
             continue
         ctx = Context(doc, _codes_for(doc, docs), docs)
@@ -69,7 +78,8 @@ def lint_documents(docs: list[Document]) -> list[Problem]:
                 continue
             for finding in rule.check(ctx):
                 line, col = doc.position(finding.path, key=finding.at_key)
-                problems.add(Problem(str(doc.path), line, col, rule.id, finding.message))
+                problems.add(Problem(str(doc.path), line, col, rule.id,
+                                     _one_line(finding.message)))
     return sorted(problems)
 
 
