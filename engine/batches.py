@@ -222,7 +222,7 @@ class BatchWorker:
     def _hold_off(self) -> None:
         deadline = time.monotonic() + self.max_hold_off
         while self.store.writers_waiting() and time.monotonic() < deadline:
-            time.sleep(0.0002)
+            time.sleep(0.0005)
 
     def _run(self, limit: int, stop: threading.Event | None) -> int:
         open_batches = [_batch(row) for row in self.store.conn.execute(
