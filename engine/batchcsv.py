@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 
 from .batches import Item
 from .definitions import Definition
 from .errors import EngineError, Issue
+from .strictjson import strict_loads
 
 __all__ = ["BatchFileError", "CORE_COLUMNS", "KEY_COLUMN", "TRANSITION_COLUMNS", "parse"]
 
@@ -38,10 +38,6 @@ class BatchFileError(EngineError):
                          + "; ".join(f"{i.path} {i.message}" for i in issues))
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def typed(data_type: str, text: str):
     """The cell as a value of `data_type`; the text itself when it cannot be read as one."""
     if data_type == "string":
@@ -49,7 +45,10 @@ def typed(data_type: str, text: str):
     if data_type in ("number", "integer"):
         stripped = text.strip()
         if _INTEGER.match(stripped):
-            return int(stripped)
+            try:
+                return int(stripped)
+            except ValueError:  # more digits than Python converts
+                return text
         if data_type == "number":
             try:
                 value = float(stripped)
@@ -61,8 +60,8 @@ def typed(data_type: str, text: str):
         return _BOOLEANS.get(text.strip().lower(), text)
     if data_type in ("object", "array"):
         try:
-            return json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError):
+            return strict_loads(text)
+        except ValueError:
             return text
     return text
 

@@ -58,7 +58,8 @@ def _from_json(kind: str) -> tuple[list[Item], dict | None, dict, dict]:
 def _from_csv(kind: str) -> tuple[list[Item], dict | None, dict, dict]:
     """Items, callback, the request's echo and what identifies it, from a CSV upload."""
     ptype = _type(request.view_args["plural"])
-    unknown = sorted((set(request.form) | set(request.files)) - {"file", "callback"})
+    unknown = sorted(str(k) if k else "(unnamed)"
+                     for k in (set(request.form) | set(request.files)) - {"file", "callback"})
     if unknown:
         raise BadRequest(f"unknown form part(s): {', '.join(unknown)}; send 'file' and, "
                          "optionally, 'callback'", [Issue(f"$.{k}", "unknown form part")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +17,7 @@ from referencing.jsonschema import DRAFT202012
 from engine.attributes import json_path
 from engine.errors import Issue
 from engine.jsonschemas import CompiledSchema, ecma_patterns
+from engine.strictjson import strict_loads
 from engine.yamlfile import load_text
 
 from .errors import BadRequest, TooLarge, Unauthorized, UnsupportedMediaType
@@ -25,7 +25,6 @@ from .errors import BadRequest, TooLarge, Unauthorized, UnsupportedMediaType
 __all__ = ["Caller", "OPENAPI", "authenticate", "if_match", "problems", "read_json",
            "strict_loads", "validate"]
 
-MAX_DEPTH = 32
 MAX_HEADER = {"X-COREOS-REQUEST-ID": 255, "X-COREOS-TID": 128, "X-COREOS-ACCESS": 1024,
               "X-COREOS-USERINFO": 4096, "X-COREOS-CALLBACK-SECRET": 1024}
 PROTECTED = {"id", "state", "version", "createdAt", "updatedAt", "tenantId", "createdBy",
@@ -123,62 +122,6 @@ def authenticate(request: Request, tokens: dict[bytes, tuple[bytes, str]]) -> Ca
                                                 "must be a JSON object")])
     secret = _header(request, "X-COREOS-CALLBACK-SECRET", required=False)
     return Caller(tenant_id, request_id, token, user_info, secret)
-
-
-def _pairs(pairs):
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key '{key}'")
-        result[key] = value
-    return result
-
-
-def _constant(name):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:20]} is too large")
-    return value
-
-
-def _check_nesting(value, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key)
-            _check_nesting(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_nesting(item, depth + 1)
-    elif isinstance(value, str):
-        _check_text(value)
-
-
-def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("a string contains a lone surrogate (\\ud800-\\udfff)") from None
-
-
-def strict_loads(text: str):
-    """json.loads that refuses duplicate keys, NaN/Infinity, lone surrogates and deep nesting."""
-    try:
-        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
-                           parse_float=_float)
-    except RecursionError:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{error.msg} at line {error.lineno} column {error.colno}") from None
-    # Cheap guards first: deep nesting needs many brackets, a surrogate needs a \u escape.
-    if text.count("{") + text.count("[") > MAX_DEPTH or "\\u" in text:
-        _check_nesting(value)
-    return value
 
 
 def _body_bytes(request: Request) -> bytes:

@@ -1,0 +1,664 @@
+"""API fuzzing against a real gunicorn server: schemathesis over the OpenAPI document, and a
+generated corpus of hostile bodies on every write route.
+
+Schemathesis reads the document the server itself serves (GET …/openapi.json) and generates
+requests for every operation in it, schema-valid ones (positive) and schema-violating ones
+(negative), with valid headers injected (a fresh X-COREOS-REQUEST-ID per call, tenant-a,
+token-a). Every response must be no 5xx, have a documented status and content type, and match
+the response schema; every negative request must be refused with a 4xx. A second run sends the
+same generated requests with a missing, unknown or other tenant's token: only 401 (or 400 for a
+malformed header) may come back.
+
+The hostile-body corpus is built from valid bodies of every POST/PUT route of the application's
+url_map: truncated at every k-th byte, BOM-prefixed, NaN/Infinity/overflowing numbers in every
+value, every key duplicated, lone surrogates in every string and key, 10^5-deep nesting, bodies
+over the size limit (with and without Content-Length), invalid UTF-8, wrong content types. Every
+one must answer a 4xx error envelope and leave every table of the database as it was.
+`tests/test_api_hostile.py` checks single examples of these classes in-process, with exact error
+paths; this suite checks the whole generated corpus against gunicorn.
+
+Batch uploads (multipart/form-data with a CSV file) get their own hostile inputs: unreadable or
+unknown parts, unusable CSV files (4xx, nothing stored), and hostile cells (never a 5xx, and
+nothing a later read answers is anything but strict JSON).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sqlite3 as stdlib_sqlite3
+import time
+from collections import Counter
+from contextlib import closing
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import BASE, LONG, headers, scale, service_config
+
+pytestmark = pytest.mark.reliability
+
+TIMEOUT = 60
+ALIAS = BASE.rsplit("/", 1)[0] + "/participant"
+EXAMPLES = scale(20, 150)  # generated requests per operation and generation mode
+AUTH_EXAMPLES = scale(4, 40)  # generated requests per operation for each bad-auth variant
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sx():
+    """schemathesis and the checks these tests use (the tests skip when it is not installed)."""
+    schemathesis = pytest.importorskip(
+        "schemathesis", reason="schemathesis is not installed: pip install -e '.[test]'")
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.core.failures import AcceptedNegativeData, FailureGroup
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        negative_data_rejection,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    return SimpleNamespace(
+        openapi=schemathesis.openapi, GenerationMode=schemathesis.GenerationMode,
+        FailureGroup=FailureGroup, AcceptedNegativeData=AcceptedNegativeData,
+        not_a_server_error=not_a_server_error, negative_data_rejection=negative_data_rejection,
+        conformance=[status_code_conformance, content_type_conformance,
+                     response_schema_conformance])
+
+
+def _tracebacks(server) -> str:
+    """The server log from its first traceback on (empty when there is none)."""
+    log = server.log_path.read_text(errors="replace")
+    return "\nserver log:\n" + log[log.index("Traceback"):][:4000] if "Traceback" in log else ""
+
+
+def _database(server) -> Path:
+    return Path(str(server.log_path).removesuffix(".log"))
+
+
+def ledger(database: Path) -> dict[str, int]:
+    """Row counts of every table of the database (whatever tables the schema has today)."""
+    with closing(stdlib_sqlite3.connect(database)) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
+
+
+def _create(server, code: str, tenant: str = "a") -> str:
+    body = {"uniqueCode": code, "properties": {"registrationNumber": "AB-1234",
+                                               "capacityKg": 10, "verified": True}}
+    response = requests.post(f"{server.url}{BASE}/vehicles", json=body, headers=headers(tenant),
+                             timeout=TIMEOUT)
+    assert response.status_code == 202, response.text
+    assert response.json()["data"]["event"]["payloadValidated"], response.text
+    return response.json()["data"]["id"]
+
+
+def _load_schema(sx, server):
+    return sx.openapi.from_url(f"{server.url}{BASE}/openapi.json", timeout=TIMEOUT)
+
+
+def _operations(schema) -> list:
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert operations, "the OpenAPI document has no operations"
+    return operations
+
+
+def _strategy(operation, mode, own: str, foreign: str):
+    """Cases for `operation`: fully generated, and with a real type and real participant ids
+    (own, another tenant's, generated) so the fuzzing reaches past the 404 of a made-up type."""
+    names = {p.name for p in operation.path_parameters}
+    strategies = [operation.as_strategy(generation_mode=mode)]
+    if "plural" in names:
+        fixed = [{"plural": "vehicles"}]
+        if "id" in names:
+            fixed = [{"plural": "vehicles", "id": own}, {"plural": "vehicles", "id": foreign},
+                     {"plural": "vehicles"}]
+        strategies += [operation.as_strategy(generation_mode=mode, path_parameters=p)
+                       for p in fixed]
+    return st.one_of(strategies)
+
+
+WELL_FORMED_OPTIONAL = {"X-COREOS-USERINFO": '{"id": "u-1", "name": "Fuzz", "appId": "fz"}',
+                        "X-COREOS-CALLBACK-SECRET": "whsec_c2VjcmV0LWZ1enotMTIzNA==",
+                        "If-Match": "*"}
+
+
+def _negated_headers(case) -> set[str]:
+    """Names (lower case) of the headers a negative case deliberately made invalid."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_negative:
+        return set()
+    data = meta.phase.data
+    names = set()
+    if getattr(data, "parameter_location", None) == "header":
+        names.add((data.parameter or "").lower())
+    for mutation in getattr(data, "mutations", ()):
+        if mutation.parameter_location == "header":
+            names.add((mutation.parameter or "").lower())
+    return names
+
+
+def _injected_headers(case, tenant: str = "a") -> dict:
+    """Valid identity headers, except those the negative case is about (all but the token
+    when the mutation is on the headers as a whole)."""
+    negated = _negated_headers(case)
+    sent = headers(tenant)
+    if "" in negated:
+        return {"X-COREOS-ACCESS": sent["X-COREOS-ACCESS"]}
+    return {k: v for k, v in sent.items() if k.lower() not in negated}
+
+
+def _only_batch_items_negated(case) -> bool:
+    """The negative case only spoils items inside a batch's `payload`.
+
+    Documented behaviour (webapp/openapi.yaml, /{plural}/batch): "An item that does not fit
+    CreateRequest, or names a refused callback URL, fails on its own; the rest of the batch is
+    applied", so such a batch is accepted (202) although the item schema says otherwise.
+    """
+    meta = case.meta
+    if meta is None or not case.operation.path.endswith("/batch"):
+        return False
+    mutations = getattr(meta.phase.data, "mutations", ())
+    return bool(mutations) and all(
+        m.parameter_location == "body" and len(m.path) >= 2 and m.path[0] == "payload"
+        for m in mutations)
+
+
+class Tally:
+    """What a fuzzing run saw: inputs, statuses, server errors and check failures."""
+
+    def __init__(self, sx):
+        self.sx = sx
+        self.inputs = 0
+        self.statuses: Counter = Counter()
+        self.server_errors: list[str] = []
+        self.failures: list[str] = []
+        self.batch_items_accepted = 0
+
+    def record_failures(self, label: str, group, response, case, sent: dict) -> None:
+        for failure in group.exceptions:
+            if (isinstance(failure, self.sx.AcceptedNegativeData)
+                    and _only_batch_items_negated(case)):
+                self.batch_items_accepted += 1
+                continue
+            self.failures.append(f"{label}: {type(failure).__name__}: {failure.title} "
+                                 f"[{response.status_code}] {response.text[:300]}\n    "
+                                 f"{case.as_curl_command(headers=sent)[:1000]}")
+
+    def report(self) -> str:
+        lines = self.server_errors[:5] + self.failures[:10]
+        more = len(self.server_errors) + len(self.failures) - len(lines)
+        return "\n".join(lines + ([f"... and {more} more"] if more > 0 else []))
+
+
+def _fuzz(strategy, examples: int, call) -> None:
+    """Run `call(case)` on `examples` generated cases, without shrinking (failures are tallied,
+    not raised, so one bad input does not hide the others)."""
+
+    # The short form (CI's) replays the same examples every run; the long form explores.
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=not LONG,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @given(case=strategy)
+    def run(case):
+        call(case)
+
+    run()
+
+
+# -- schemathesis: positive and negative data ---------------------------------------------------
+
+def test_schemathesis_fuzzing_finds_no_5xx_and_no_nonconforming_response(sx, server, figure):
+    """Generated requests for every documented operation: no 5xx, every response documented
+    (status, content type, schema), and every schema-violating request refused with a 4xx."""
+    own, foreign = _create(server, "FZ-A", "a"), _create(server, "FZ-B", "b")
+    schema = _load_schema(sx, server)
+    operations = _operations(schema)
+    session = requests.Session()
+    tally = Tally(sx)
+    negatives_refused = Counter()
+
+    for operation in operations:
+        for mode in (sx.GenerationMode.POSITIVE, sx.GenerationMode.NEGATIVE):
+            checks = [sx.not_a_server_error, *sx.conformance]
+            if mode.is_negative:
+                checks.append(sx.negative_data_rejection)
+
+            def call(case, operation=operation, mode=mode, checks=checks):
+                sent = _injected_headers(case)
+                if mode.is_positive and tally.inputs % 2:
+                    # Every other case: well-formed optional headers too, so the request gets
+                    # past header checks to the service (generated ones are mostly a 400).
+                    sent.update(WELL_FORMED_OPTIONAL)
+                response = case.call(base_url=server.url + BASE, session=session, headers=sent,
+                                     timeout=TIMEOUT)
+                tally.inputs += 1
+                tally.statuses[response.status_code] += 1
+                label = f"{operation.label} ({mode.value})"
+                if response.status_code >= 500:
+                    tally.server_errors.append(f"{label}: {response.status_code} "
+                                               f"{case.as_curl_command(headers=sent)}")
+                if mode.is_negative and 400 <= response.status_code < 500:
+                    negatives_refused[operation.label] += 1
+                try:
+                    case.validate_response(response, checks=checks, headers=sent)
+                except sx.FailureGroup as group:
+                    tally.record_failures(label, group, response, case, sent)
+
+            _fuzz(_strategy(operation, mode, own, foreign), EXAMPLES, call)
+
+    assert not tally.server_errors and not tally.failures, tally.report() + _tracebacks(server)
+    assert tally.inputs >= len(operations) * 2
+    # The run reached past routing and authentication: accepted writes and successful reads.
+    assert tally.statuses[202] > 0 and tally.statuses[200] > 0, tally.statuses
+    assert sum(negatives_refused.values()) > 0
+    statuses = ", ".join(f"{s}: {n}" for s, n in sorted(tally.statuses.items()))
+    figure("API fuzzing (schemathesis, positive and negative data) finds no 5xx and no "
+           "response outside the OpenAPI document",
+           f"{tally.inputs} generated requests over {len(operations)} operations "
+           f"({statuses}); 5xx: 0; nonconforming responses: 0; schema-violating requests "
+           "accepted: 0 (batches whose only invalid items fail one by one, as documented: "
+           f"{tally.batch_items_accepted})")
+
+
+BAD_AUTH = {
+    "missing token": lambda h: {k: v for k, v in h.items() if k != "X-COREOS-ACCESS"},
+    "empty token": lambda h: {**h, "X-COREOS-ACCESS": ""},
+    "unknown token": lambda h: {**h, "X-COREOS-ACCESS": "token-" + "z" * 40},
+    "other tenant's token": lambda h: {**h, "X-COREOS-ACCESS": "token-b"},
+    "token for another tenant id": lambda h: {**h, "X-COREOS-TID": "tenant-b"},
+    "token with a suffix": lambda h: {**h, "X-COREOS-ACCESS": "token-a2"},
+    "token prefix": lambda h: {**h, "X-COREOS-ACCESS": "token-"},
+    "token differing in case": lambda h: {**h, "X-COREOS-ACCESS": "TOKEN-A"},
+}
+
+
+def test_fuzzed_requests_without_valid_auth_are_refused(sx, server, figure):
+    """The same generated requests (schema-valid) with a missing, unknown or other tenant's
+    token: every protected operation answers 401 (400 only for a malformed header), never
+    data, and nothing is written."""
+    own, foreign = _create(server, "FZ-A", "a"), _create(server, "FZ-B", "b")
+    schema = _load_schema(sx, server)
+    protected = [op for op in _operations(schema) if op.definition.raw.get("security") != []]
+    database = _database(server)
+    before = ledger(database)
+    session = requests.Session()
+    tally = Tally(sx)
+
+    for operation in protected:
+        def call(case, operation=operation):
+            for variant, spoil in BAD_AUTH.items():
+                sent = spoil(headers("a"))
+                response = case.call(base_url=server.url + BASE, session=session,
+                                     headers=sent, timeout=TIMEOUT)
+                tally.inputs += 1
+                tally.statuses[response.status_code] += 1
+                if response.status_code not in (400, 401):
+                    tally.failures.append(f"{operation.label} with {variant}: "
+                                          f"{response.status_code} {response.text[:300]}")
+                if response.status_code >= 500:
+                    tally.server_errors.append(f"{operation.label}: {response.status_code}")
+                try:
+                    case.validate_response(
+                        response, checks=[sx.not_a_server_error, *sx.conformance], headers=sent)
+                except sx.FailureGroup as group:
+                    tally.record_failures(operation.label, group, response, case, sent)
+
+        strategy = _strategy(operation, sx.GenerationMode.POSITIVE, own, foreign)
+        _fuzz(strategy, AUTH_EXAMPLES, call)
+
+    assert not tally.failures and not tally.server_errors, tally.report() + _tracebacks(server)
+    assert ledger(database) == before
+    assert tally.statuses[401] > 0
+    figure("Authentication is never ignored: fuzzed requests with a missing, unknown or other "
+           "tenant's token are refused",
+           f"{tally.inputs} requests over {len(protected)} protected operations × "
+           f"{len(BAD_AUTH)} bad-token variants: 401: {tally.statuses[401]}, "
+           f"400: {tally.statuses[400]}, other: 0; rows written: 0")
+
+
+# -- the hostile-body corpus --------------------------------------------------------------------
+
+def _render(value, edit=None, path=()) -> str:
+    """Compact JSON of `value`; `edit(path, value)` may return raw text for a node instead."""
+    if edit is not None:
+        replaced = edit(path, value)
+        if replaced is not None:
+            return replaced
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{_render(v, edit, path + (k,))}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_render(v, edit, path + (i,)) for i, v in enumerate(value)) + "]"
+    return json.dumps(value)
+
+
+def _nodes(value, path=()):
+    """(path, value) of every node, the root included."""
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nodes(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nodes(item, path + (i,))
+
+
+def _at(target, text):
+    return lambda path, value: text if path == target else None
+
+
+def _with_key_at(target, raw_key):
+    """The object at `target` with one more member whose key is the raw JSON text `raw_key`."""
+    def edit(path, value):
+        if path != target:
+            return None
+        members = [f"{json.dumps(k)}:{_render(v)}" for k, v in value.items()]
+        return "{" + ",".join([f"{raw_key}:1", *members]) + "}"
+    return edit
+
+
+def _duplicated_at(target):
+    def edit(path, value):
+        if path != target or not value:
+            return None
+        members = [f"{json.dumps(k)}:{_render(v)}" for k, v in value.items()]
+        key, item = next(iter(value.items()))
+        return "{" + ",".join([*members, f"{json.dumps(key)}:{_render(item)}"]) + "}"
+    return edit
+
+
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "9" * 100_000,
+              "-" + "1" * 5000]
+LONE_SURROGATES = ['"\\ud800"', '"x\\udbff"', '"\\udc00y"', '"\\udfff\\ud800"']
+DEEP = 100_000
+BOMS = [b"\xef\xbb\xbf", b"\xef\xbb\xbf\xef\xbb\xbf"]
+INVALID_UTF8 = [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"]
+WRONG_TYPES = [None, "text/plain", "application/x-www-form-urlencoded", "application/xml",
+               "text/json", "application/jsonx", "application/merge-patch+json",
+               "multipart/form-data; boundary=x"]
+
+
+def hostile_bodies(base: dict, *, limit: int, multipart_ok: bool):
+    """(kind, body bytes, content type, expected status) for every hostile variant of `base`."""
+    text = _render(base)
+    raw = text.encode()
+    nodes = list(_nodes(base))
+    leaves = [p for p, v in nodes if not isinstance(v, dict | list)]
+    objects = [p for p, v in nodes if isinstance(v, dict) and v]
+    strings = [p for p, v in nodes if isinstance(v, str)]
+    json_type = "application/json"
+
+    step = max(1, len(raw) // scale(25, 200))
+    for cut in range(0, len(raw), step):
+        yield "truncated", raw[:cut], json_type, 400
+    for bom in BOMS:
+        yield "BOM", bom + raw, json_type, 400
+    for codec in ("utf-16", "utf-16-be", "utf-32"):
+        yield "UTF-16/32", text.encode(codec), json_type, 400
+    for path in leaves:
+        for constant in NON_FINITE:
+            yield "non-finite or huge number", _render(base, _at(path, constant)).encode(), \
+                json_type, 400
+    for path in objects:
+        yield "duplicate key", _render(base, _duplicated_at(path)).encode(), json_type, 400
+        for surrogate in LONE_SURROGATES[:2]:
+            yield "lone surrogate in a key", \
+                _render(base, _with_key_at(path, surrogate)).encode(), json_type, 400
+    for path in strings:
+        for surrogate in LONE_SURROGATES:
+            yield "lone surrogate", _render(base, _at(path, surrogate)).encode(), json_type, 400
+    for path in leaves:
+        yield "nesting 33 deep", _render(base, _at(path, "[" * 33 + "]" * 33)).encode(), \
+            json_type, 400
+    for path in leaves[:2]:
+        yield f"nesting {DEEP} deep", \
+            _render(base, _at(path, "[" * DEEP + "]" * DEEP)).encode(), json_type, 400
+        yield f"objects nested {DEEP // 2} deep", _render(base, _at(
+            path, '{"a":' * (DEEP // 2) + "1" + "}" * (DEEP // 2))).encode(), json_type, 400
+    for bad in INVALID_UTF8:
+        middle = raw.index(b'"', 2) + 1
+        yield "invalid UTF-8", raw[:middle] + bad + raw[middle:], json_type, 400
+    if strings:
+        huge = json.dumps("x" * max(10 * 1024 * 1024, limit + 1))
+        yield "10 MB string", _render(base, _at(strings[0], huge)).encode(), json_type, 413
+        yield "10 MB string, chunked", _render(base, _at(strings[0], huge)).encode(), \
+            json_type + "+chunked", 413
+    for content_type in WRONG_TYPES:
+        if content_type and content_type.startswith("multipart/") and multipart_ok:
+            continue
+        yield "wrong content type", raw, content_type, 415
+
+
+def _write_routes(tmp_path) -> tuple[list[tuple[str, str, str]], dict]:
+    """(endpoint, method, rule) of every write route the application serves, and its body
+    size limits."""
+    from webapp import create_app
+
+    app = create_app({**service_config(tmp_path / "routes.db"), "TESTING": True})
+    try:
+        routes = [(rule.endpoint, method, rule.rule) for rule in app.url_map.iter_rules()
+                  for method in sorted(rule.methods & {"POST", "PUT", "PATCH", "DELETE"})]
+        limits = {"default": app.config["MAX_CONTENT_LENGTH"],
+                  "batch": getattr(app.extensions["participants"], "max_batch_bytes", None)}
+    finally:
+        app.extensions["participants"].store.close()
+    return routes, limits
+
+
+CREATE = {"uniqueCode": "HB-1", "name": "Hostile", "owner": "operators:fz", "category": "truck",
+          "properties": {"registrationNumber": "AB-12", "capacityKg": 12.5, "verified": True,
+                         "documents": ["rc", "ins"], "address": {"city": "Pune", "zip": "411"}},
+          "callback": {"url": "http://127.0.0.1:9/cb", "meta": {"k": "v"}}}
+UPDATE = {"name": "n", "properties": {"axles": 3, "address": {"city": "Goa"}},
+          "stateTransition": {"eventCode": "E-101", "reasonCode": "R-7001"}}
+STATE_EVENT = {"eventCode": "E-101", "reasonCode": "R-7001", "timestamp": 1_700_000_000,
+               "data": {"inspector": "bob", "score": 7}, "source": {"appId": "fz", "userId": "u"}}
+
+
+def _base_body(endpoint: str, pid: str) -> dict:
+    return {
+        "participants.create": CREATE,
+        "participants.update": UPDATE,
+        "participant_alias": UPDATE,
+        "participants.transition": STATE_EVENT,
+        "batches.create_batch": {"payload": [CREATE]},
+        "batches.update_batch": {"payload": [{"id": pid, **UPDATE}]},
+    }.get(endpoint, {"name": "n", "properties": {"axles": 3}})
+
+
+def _send(session, method: str, url: str, body: bytes, content_type: str | None):
+    sent = headers("a")
+    if content_type and content_type.endswith("+chunked"):
+        content_type = content_type.removesuffix("+chunked")
+        data = (body[i:i + 65536] for i in range(0, len(body), 65536))  # no Content-Length
+    else:
+        data = body
+    if content_type is not None:
+        sent["Content-Type"] = content_type
+    try:
+        return session.request(method, url, data=data, headers=sent, timeout=TIMEOUT)
+    except requests.ConnectionError:
+        # The server may answer 413 and close before reading a huge body; ask once more
+        # with a fresh connection so the answer can be read.
+        return requests.request(method, url, data=body, headers=sent, timeout=TIMEOUT)
+
+
+def test_hostile_bodies_on_every_write_route_are_4xx_and_write_nothing(server, tmp_path,
+                                                                        figure):
+    """Hundreds of generated hostile bodies per write route: each answers the 4xx the class
+    calls for (400 malformed, 413 too large, 415 not JSON) in the error envelope, never a 5xx,
+    and no table of the database gains or loses a row."""
+    pid = _create(server, "HB-0")
+    routes, limits = _write_routes(tmp_path)
+    assert {"participants.create", "participants.update", "participants.transition",
+            "participant_alias"} <= {endpoint for endpoint, _, _ in routes}
+    database = _database(server)
+    session = requests.Session()
+
+    # The unmutated bodies are valid (so any refusal below is the mutation's doing).
+    for endpoint, method, rule in routes:
+        url = server.url + rule.replace("<plural>", "vehicles").replace("<pid>", pid)
+        body = _base_body(endpoint, pid)
+        if endpoint == "participants.create":
+            body = {**body, "uniqueCode": "HB-VALID"}
+        response = session.request(method, url, json=body, headers=headers("a"),
+                                   timeout=TIMEOUT)
+        assert response.status_code == 202, (endpoint, response.text)
+
+    before = ledger(database)
+    tried, kinds, statuses, wrong, slowest = 0, Counter(), Counter(), [], 0.0
+    for endpoint, method, rule in routes:
+        url = server.url + rule.replace("<plural>", "vehicles").replace("<pid>", pid)
+        batch = endpoint.startswith("batches.")
+        limit = (limits["batch"] if batch else None) or limits["default"]
+        for kind, body, content_type, expected in hostile_bodies(
+                _base_body(endpoint, pid), limit=limit, multipart_ok=batch):
+            started = time.monotonic()
+            response = _send(session, method, url, body, content_type)
+            slowest = max(slowest, time.monotonic() - started)
+            tried += 1
+            kinds[kind] += 1
+            statuses[response.status_code] += 1
+            problem = None
+            if response.status_code != expected:
+                problem = f"expected {expected}"
+            else:
+                try:
+                    error = response.json()["error"]
+                    assert re.fullmatch(r"[0-9]{12}", error["code"])
+                except (ValueError, KeyError, TypeError, AssertionError):
+                    problem = "not the error envelope"
+            if problem:
+                wrong.append(f"{method} {rule} {kind} ({len(body)} bytes, {content_type}): "
+                             f"{problem}, got {response.status_code} {response.text[:200]}")
+
+    assert not wrong, "\n".join(wrong[:15]) + f"\n({len(wrong)} in all)"
+    assert ledger(database) == before
+    assert not any(s >= 500 for s in statuses)
+    assert tried >= 300
+    figure("Hostile request bodies (truncated, BOMs, NaN, duplicate keys, lone surrogates, "
+           "10^5-deep nesting, oversized, wrong content type) are refused with a 4xx",
+           f"{tried} generated bodies over {len(routes)} write routes "
+           f"({', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))}); 5xx: 0; "
+           f"rows written: 0; slowest answer {slowest:.2f} s")
+
+
+# -- hostile CSV cells (batch uploads) ----------------------------------------------------------
+
+CSV_CELLS = [
+    pytest.param("axles", "1" * 5000, id="integer of 5000 digits"),
+    pytest.param("capacityKg", "-" + "9" * 4301,
+                 id="number of 4301 digits"),
+    pytest.param("address", '{"city": "\\ud800"}',
+                 id="lone surrogate in an object cell"),
+    pytest.param("address", '{"\\udc00": "x"}',
+                 id="lone surrogate in a key"),
+    pytest.param("address", '{"other": 1e999}',
+                 id="overflowing number in an object cell"),
+    pytest.param("address", '{"other": NaN}', id="NaN in an object cell"),
+    pytest.param("documents", "[-Infinity]", id="-Infinity in an array cell"),
+    pytest.param("documents", "[" * 100_000 + "]" * 100_000, id="array nested 10^5 deep"),
+    pytest.param("address", '{"a":' * 5000 + "1" + "}" * 5000, id="object nested 5000 deep"),
+    pytest.param("capacityKg", "1e999", id="overflowing number"),
+    pytest.param("capacityKg", "nan", id="nan"),
+    pytest.param("verified", "maybe", id="not a boolean"),
+    pytest.param("name", "a\x00b", id="NUL byte"),
+    pytest.param("name", "x" * 200_000, id="cell over the csv field limit"),
+    pytest.param("name", '"unbalanced', id="unbalanced quote"),
+]
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN/Infinity and lone surrogates, as a strict client would."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    value = json.loads(text, parse_constant=refuse)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # lone surrogates raise here
+    return value
+
+
+@pytest.mark.parametrize(("column", "cell"), CSV_CELLS)
+def test_hostile_csv_cells_are_refused_or_stored_as_valid_json(app, client, column, cell):
+    """A hostile cell in a CSV batch upload is a 4xx or an item that fails on its own; never a
+    5xx, and nothing a later read answers is anything but strict JSON."""
+    if "batches.create_batch" not in {r.endpoint for r in app.url_map.iter_rules()}:
+        pytest.skip("no batch routes")
+    raw = cell.startswith('"')  # the unbalanced quote goes in as written
+    quoted = cell if raw else '"' + cell.replace('"', '""') + '"'
+    csv_text = f"uniqueCode,registrationNumber,{column}\nCSV-1,AB-1234,{quoted}\n"
+    response = client.post(f"{BASE}/vehicles/batch", headers=headers(),
+                           data={"file": (io.BytesIO(csv_text.encode()), "v.csv")},
+                           content_type="multipart/form-data")
+    assert response.status_code < 500, response.get_data(as_text=True)[:500]
+    dispatcher = app.extensions["participants"].dispatcher()
+    while dispatcher.run_once():
+        pass
+    listed = client.get(f"{BASE}/vehicles", headers=headers())
+    for participant in _strict_json(listed.get_data(as_text=True))["data"]["participants"]:
+        for path in ("", "/events", "/state"):
+            got = client.get(f"{BASE}/vehicles/{participant['id']}{path}", headers=headers())
+            assert got.status_code == 200
+            _strict_json(got.get_data(as_text=True))
+    if response.status_code == 202:
+        status = client.get(f"{BASE}/vehicles/batch/status", headers=headers(),
+                            query_string={"batchId": response.json["data"]["id"]})
+        _strict_json(status.get_data(as_text=True))
+
+
+# -- hostile multipart uploads (batch routes) ---------------------------------------------------
+
+CSV = b"uniqueCode,registrationNumber\r\nMP-1,AB-1234\r\n"
+
+
+def _part(disposition: bytes, content: bytes) -> bytes:
+    return b"--b\r\nContent-Disposition: form-data" + disposition + b"\r\n\r\n" + content + b"\r\n"
+
+
+MULTIPART = [
+    pytest.param(_part(b'; name="x\\"', b"v") + _part(b'; name="file"', CSV),
+                 id="part name with an escaped closing quote"),
+    pytest.param(_part(b"", b"v") + _part(b'; name="file"', CSV),
+                 id="part without a name"),
+    pytest.param(_part(b'; name="other"', b"v") + _part(b'; name="file"', CSV),
+                 id="unknown part"),
+    pytest.param(_part(b'; name="callback"', b"{}"), id="no file part"),
+    pytest.param(_part(b'; name="file"', b""), id="empty file"),
+    pytest.param(_part(b'; name="file"', b"\xff\xfe" + CSV), id="file not UTF-8"),
+    pytest.param(_part(b'; name="file"', CSV) + _part(b'; name="callback"', b"{nope"),
+                 id="callback not JSON"),
+    pytest.param(_part(b'; name="file"', CSV) + _part(b'; name="callback"', b'{"url": 1}'),
+                 id="callback of the wrong shape"),
+    pytest.param(_part(b'; name="file"', b"uniqueCode,colour\r\nMP-1,red\r\n"),
+                 id="unknown column"),
+    pytest.param(_part(b'; name="file"', b"registrationNumber\r\nAB-1234\r\n"),
+                 id="no key column"),
+    pytest.param(_part(b'; name="file"', b"uniqueCode\r\n"), id="header without rows"),
+    pytest.param(_part(b'; name="file"', b'"' * 7 + b"\r\n"), id="broken quoting"),
+    pytest.param(_part(b'; name="file"', b"uniqueCode,uniqueCode\r\nA,B\r\n"),
+                 id="duplicate columns"),
+]
+
+
+@pytest.mark.parametrize("parts", MULTIPART)
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_hostile_multipart_batches_are_4xx_and_write_nothing(app, client, parts, method):
+    """A batch upload whose parts are missing, unknown, unreadable or not a usable CSV file is
+    a 4xx error envelope, and nothing is stored."""
+    if "batches.create_batch" not in {r.endpoint for r in app.url_map.iter_rules()}:
+        pytest.skip("no batch routes")
+    database = Path(app.extensions["participants"].store.path)
+    before = ledger(database)
+    response = client.open(f"{BASE}/vehicles/batch", method=method, headers=headers(),
+                           data=parts + b"--b--\r\n",
+                           content_type="multipart/form-data; boundary=b")
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:300]
+    assert re.fullmatch(r"[0-9]{12}", response.json["error"]["code"])
+    assert ledger(database) == before
