@@ -242,8 +242,7 @@ class BatchWorker:
                 if stop is not None and stop.is_set():
                     return done
                 self._hold_off()
-                self._apply(batch, index, json.loads(body))
-                done += 1
+                done += self._apply(batch, index, json.loads(body))
             if len(pending) < take:
                 self._complete(batch)
         return done
@@ -260,11 +259,12 @@ class BatchWorker:
             _finish(conn, batch.id, index, success=False, participant_id=participant_id,
                     event_id=None, reason=reason, error_code=None)
 
-    def _apply(self, batch: Batch, index: int, body: dict) -> None:
+    def _apply(self, batch: Batch, index: int, body: dict) -> bool:
+        """Apply one item; False when it stays pending for a later round."""
         ptype = self.types.get(batch.type)
         if ptype is None:
             self._fail(batch, index, f"unknown participant type '{batch.type}'")
-            return
+            return True
         context = dict(
             tenant_id=batch.tenant_id, request_id=f"{batch.request_id}{ITEM_SEPARATOR}{index}",
             fingerprint=idempotency.fingerprint("BATCH", batch.id, index),
@@ -279,12 +279,13 @@ class BatchWorker:
         except ParticipantNotFound as error:  # what a single update answers with 404
             self._fail(batch, index, f"{error} in this tenant", error.participant_id)
         except RequestInFlight:
-            pass  # another worker is calling this item's onRequest hook; it stays pending
+            return False  # another worker is calling this item's onRequest hook
         except sqlite3.Error:
             raise  # the database is unavailable: the item stays pending for the next round
         except Exception:
             log.exception("batch %s item %d could not be applied", batch.id, index)
             self._fail(batch, index, "internal error: the item was not applied")
+        return True
 
     def _complete(self, batch: Batch) -> bool:
         """Mark the batch completed once no item is pending, and queue its callback."""

@@ -12,12 +12,13 @@ import threading
 
 import pytest
 
-from engine import batchcsv
+from engine import batchcsv, idempotency
 from engine.batches import ITEM_SEPARATOR, BatchWorker
 from engine.failures import INVALID_ATTRIBUTES, INVALID_STATE_TRANSITION
+from engine.store import now_ms
 from tests.conftest import BASE, ROOT, service_config
 from tests.conftest import headers as make_headers
-from tests.receivers import Receiver, rows, verify_signature
+from tests.receivers import Receiver, Reply, rows, verify_signature
 
 BATCH = f"{BASE}/vehicles/batch"
 STATUS = f"{BASE}/vehicles/batch/status"
@@ -439,6 +440,47 @@ def test_item_request_ids_cannot_be_sent_by_clients(client):
                            headers=headers(**{"X-COREOS-REQUEST-ID":
                                               f"b{ITEM_SEPARATOR}0".encode().decode("latin-1")}))
     assert response.status_code == 400
+
+
+def test_items_with_a_waited_hook_keep_their_batch(client, app, worker):
+    """A waited onRequest hook of an item may replace fields; the item stays in its batch."""
+    pid = create(client, "V-1")
+    with Receiver() as receiver:
+        receiver.program("/hook", Reply(200, body={"data": {"properties": {"axles": 4}}}))
+        hook = {"url": receiver.url("/hook"), "onResponse": {
+            "wait": True, "acceptableStatusCodes": [200], "raiseErrorOnStatusMismatch": True}}
+        batch_id = accepted(submit(client, method="PUT", payload=[
+            {"id": pid, "properties": {"axles": 3}, "onRequest": hook}]))
+        drain(worker)
+        (call,) = receiver.received("/hook")
+    assert call.json() == {"properties": {"axles": 3}, "onRequest": hook}
+    assert status(client, batch_id)["meta"]["success"] == 1
+    assert participant(client, pid).json["data"]["properties"]["axles"] == 4
+    (event,) = batch_events(app, batch_id)
+    assert event["data"]["onRequest"]["replaced"] == {"properties": {"axles": 4}}
+
+
+def test_an_item_in_flight_elsewhere_is_left_for_a_later_round(client, app, worker):
+    """An item whose request id another worker has reserved stays pending and is not counted."""
+    batch_id = accepted(submit(client, [{"uniqueCode": "V-1", "properties": GOOD}],
+                               **{"X-COREOS-REQUEST-ID": "held"}))
+    request_id = f"held{ITEM_SEPARATOR}0"
+    conn = app.extensions["participants"].store.connect()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        idempotency.reserve(conn, "tenant-a", request_id,
+                            idempotency.fingerprint("BATCH", batch_id, 0), now_ms(), 60_000)
+        conn.execute("COMMIT")
+        assert worker.run_once() == 0
+        assert status(client, batch_id)["meta"] == {"status": "processing", "success": 0,
+                                                    "failed": 0, "total": 1}
+        conn.execute("BEGIN IMMEDIATE")
+        idempotency.release(conn, "tenant-a", request_id)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    drain(worker)
+    assert status(client, batch_id)["meta"]["status"] == "completed"
 
 
 # -- status ---------------------------------------------------------------------------------------
