@@ -199,19 +199,21 @@ class BatchWorker:
 
     def __init__(self, types: Mapping[str, ParticipantType], service: Service,
                  clock: Callable[[], float] = time.time, per_batch: int = 100,
-                 max_hold_off: float = 0.1):
+                 max_hold_off: float = 0.1, round_seconds: float = 1.0):
         self.types = types
         self.service = service
         self.clock = clock
         self.per_batch = per_batch   # items of one batch per round, so a big batch shares
         self.max_hold_off = max_hold_off   # seconds an item waits for foreground writes, at most
+        self.round_seconds = round_seconds  # a round ends after this (deliveries wait for it)
 
     @property
     def store(self) -> Store:
         return self.service.store
 
     def run_once(self, limit: int = 200, stop: threading.Event | None = None) -> int:
-        """Apply up to `limit` pending items; completes batches left with none. Returns how many.
+        """Apply up to `limit` pending items, for about `round_seconds` at most; completes
+        batches left with none. Returns how many items were applied.
 
         Its writes are background ones: before each item it holds off (up to `max_hold_off`)
         while foreground writes wait for the write lock, so clients are served first.
@@ -228,9 +230,12 @@ class BatchWorker:
         open_batches = [_batch(row) for row in self.store.conn.execute(
             f"SELECT {_COLUMNS} FROM batches WHERE status IN ('pending', 'processing')"
             " ORDER BY created_at, id").fetchall()]
-        done = 0
+        ends = time.monotonic() + self.round_seconds
+        done = attempted = 0
         for batch in open_batches:
             if done >= limit or (stop is not None and stop.is_set()):
+                break
+            if attempted and time.monotonic() >= ends:
                 break
             take = min(self.per_batch, limit - done)
             pending = self.store.conn.execute(
@@ -241,6 +246,9 @@ class BatchWorker:
             for index, body in pending:
                 if stop is not None and stop.is_set():
                     return done
+                if attempted and time.monotonic() >= ends:
+                    return done
+                attempted += 1
                 self._hold_off()
                 done += self._apply(batch, index, json.loads(body))
             if len(pending) < take:

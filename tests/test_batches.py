@@ -434,6 +434,16 @@ def test_a_worker_that_stops_midway_leaves_the_rest_to_the_next(client, app, wor
     assert status(client, batch_id)["meta"]["success"] == 6
 
 
+def test_a_round_ends_after_round_seconds_but_applies_at_least_one_item(client, app):
+    """A round is bounded in time, so the dispatcher's deliveries never wait long for it."""
+    state = app.extensions["participants"]
+    batch_id = accepted(submit(client, [{"uniqueCode": f"V-{i}", "properties": GOOD}
+                                        for i in range(3)]))
+    worker = BatchWorker(state.types, state.service, round_seconds=0)
+    assert [worker.run_once() for _ in range(4)] == [1, 1, 1, 0]
+    assert status(client, batch_id)["meta"]["status"] == "completed"
+
+
 def test_item_request_ids_cannot_be_sent_by_clients(client):
     """An item's request id contains a character clients cannot send in X-COREOS-REQUEST-ID."""
     response = client.post(f"{BASE}/vehicles", json={"uniqueCode": "V-1", "properties": GOOD},
