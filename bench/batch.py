@@ -48,6 +48,9 @@ from engine.registry import load_registry  # noqa: E402
 from engine.service import Service, participant_id_for  # noqa: E402
 from engine.store import Store, now_ms  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from benchmark import TO_AVAILABLE, trip_update  # noqa: E402  (one scenario for both benchmarks)
+
 MACHINES = ROOT / "machines"
 TENANT = "bench"
 VEHICLE = {
@@ -57,19 +60,6 @@ VEHICLE = {
                   {"docType": "insurance", "docNumber": "INS-0001"},
                   {"docType": "pollutionCertificate", "docNumber": "PUC-0001"}],
 }
-# create, then: documents submitted, inspection passed, activated -> active:available
-TO_AVAILABLE = [("E-101", "R-0001"), ("E-102", "R-1101"), ("E-022", "R-0001")]
-
-
-def trip_update(i: int) -> dict:
-    """Even updates dispatch the vehicle on a trip, odd ones close it: every one succeeds."""
-    if i % 2 == 0:
-        return {"properties": {"currentTripId": f"TRP-{i % 100_000_000:08d}"},
-                "stateTransition": {"eventCode": "E-104", "reasonCode": "R-0001"}}
-    return {"properties": {"currentTripId": None},
-            "stateTransition": {"eventCode": "E-107", "reasonCode": "R-1107"}}
-
-
 def _render(participant_id, record, state):
     return 202, ("ok" if record["payloadValidated"] else "failed")
 
