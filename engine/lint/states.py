@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..definitions import qualify
 from ._rule import Context, Finding, mapping, rule, sequence
 from .codes import EVENT_CODE, suggest
-from .walk import initial_state, resolve, sub_states, transitions
+from .walk import initial_state, sub_states, transitions
 
 
 def _known_sub_states(data: dict) -> list[str]:
@@ -26,11 +27,11 @@ def _edges(data: dict) -> dict[str, set[str]]:
     states = mapping(data.get("states"))
     edges: dict[str, set[str]] = defaultdict(set)
     for source, _path, transition in transitions(data):
-        target = resolve(states, transition.get("destination"))
+        target = qualify(states, transition.get("destination"))
         if target:
             edges[source].add(target)
     for main, sub, _path, config in sub_states(data):
-        target = resolve(states, mapping(config.get("ttl")).get("destination"))
+        target = qualify(states, mapping(config.get("ttl")).get("destination"))
         if target:
             edges[f"{main}:{sub}"].add(target)
     return edges
@@ -54,7 +55,7 @@ def destinations(ctx: Context):
     places += [(p + ("ttl", "destination"), mapping(c.get("ttl")).get("destination"))
                for _m, _s, p, c in sub_states(ctx.data) if isinstance(c.get("ttl"), dict)]
     for path, destination in places:
-        if isinstance(destination, str) and resolve(states, destination) is None:
+        if isinstance(destination, str) and qualify(states, destination) is None:
             what = "transition" if path[-2] != "ttl" else "ttl"
             yield Finding(path, f"{what} goes to unknown sub-state '{destination}'"
                                 f"{suggest(destination, known)}")

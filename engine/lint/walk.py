@@ -33,18 +33,9 @@ def conditions(data: dict) -> Iterator[tuple[tuple, dict]]:
                 yield path + ("transitions", i, "guard"), transition["guard"]
 
 
-def resolve(states: dict, destination) -> str | None:
-    """`qualify` for unchecked data: None where a malformed defaultSubState (E001) would raise."""
-    if isinstance(destination, str) and ":" not in destination:
-        default = mapping(states.get(destination)).get("defaultSubState")
-        if default is not None and not isinstance(default, str):
-            return None
-    return qualify(states, destination)
-
-
 def initial_state(data: dict) -> str | None:
     """The first main state's default sub-state, qualified."""
     states = mapping(data.get("states"))
     if not states:
         return None
-    return resolve(states, next(iter(states)))
+    return qualify(states, next(iter(states)))
