@@ -202,7 +202,6 @@ class Store:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=self.busy_timeout_ms / 1000)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -231,10 +230,24 @@ class Store:
 
     # -- schema --------------------------------------------------------------------------
 
+    def _use_wal(self, conn) -> None:
+        """Switch the file to WAL (persistent). Several processes starting on a new file may
+        race for it, and SQLite answers "locked" without waiting, so retry for the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def migrate(self) -> None:
         """Bring the file's schema to SCHEMA_VERSION, one migration per transaction."""
         conn = self.connect()
         try:
+            self._use_wal(conn)
             db = sqlite_utils.Database(conn, recursive_triggers=False)
             conn.execute("BEGIN IMMEDIATE")
             try:
