@@ -3,13 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# The lock is written by uv (only `make upgrade` needs it), kept in a virtualenv of its own.
+UV_VERSION := 0.13.8
+TOOLS := .tools
 
-.PHONY: run test lint setup clean bench reliability
+.PHONY: run test lint setup clean bench reliability upgrade
 
-$(STAMP): pyproject.toml
+# Exactly the versions in the lock, checked against their hashes; then the project itself,
+# built with the locked setuptools (no isolated build environment that would fetch its own;
+# its notice about editable installs is silenced).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,5 +37,15 @@ bench: $(STAMP)
 reliability: $(STAMP)
 	$(BIN)/python reliability/report.py
 
+# Refresh the lock to the newest versions pyproject.toml allows, then run the whole suite on
+# them: an upgrade is a deliberate change, reviewed as a diff of requirements.lock.
+upgrade:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+	$(TOOLS)/bin/uv pip compile pyproject.toml requirements-build.in --extra test --universal \
+		--python-version 3.11 --generate-hashes --no-header --quiet --upgrade -o $(LOCK)
+	rm -f $(STAMP)
+	$(MAKE) test
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache instance
+	rm -rf $(VENV) $(TOOLS) build *.egg-info .pytest_cache .ruff_cache instance

@@ -83,7 +83,7 @@ class _Builder:
         self.doc = doc
         self.count = 0
         self.constructor = yaml.SafeLoader("")  # used only to construct scalars
-        self.merged: dict[int, int] = {}  # id(mapping node) -> leading entries `<<:` merged in
+        self.merged: dict[int, dict] = {}  # id(mapping node) -> its entries, merges resolved
 
     def build(self, node: yaml.Node, path: tuple, depth: int = 0):
         self.count += 1
@@ -123,65 +123,101 @@ class _Builder:
                 None, None, f"'{node.value}' is not a valid {node.tag.rsplit(':', 1)[-1]}",
                 node.start_mark) from None
 
-    def _key(self, key_node: yaml.Node, path: tuple):
+    def _key(self, key_node: yaml.Node, path: tuple, *, report: bool = True):
         """The key as text, reporting keys that are not plain names or that YAML 1.1 misreads."""
         line, col = _mark(key_node)
         if not isinstance(key_node, yaml.ScalarNode):
-            self.doc.problems.append(YamlProblem(
-                "E000", path, line, col, "a mapping key must be a plain name"))
+            if report:
+                self.doc.problems.append(YamlProblem(
+                    "E000", path, line, col, "a mapping key must be a plain name"))
             return _NOT_A_KEY
         key = self._scalar(key_node)
         if isinstance(key, bool) or key is None:
             what = "null" if key is None else f"the boolean {str(key).lower()}"
-            self.doc.problems.append(YamlProblem(
-                "E003", path + (key_node.value,), line, col,
-                f"key '{key_node.value}' is read as {what} (YAML 1.1); quote it: "
-                f"'{key_node.value}':",
-            ))
+            if report:
+                self.doc.problems.append(YamlProblem(
+                    "E003", path + (key_node.value,), line, col,
+                    f"key '{key_node.value}' is read as {what} (YAML 1.1); quote it: "
+                    f"'{key_node.value}':",
+                ))
             return key_node.value
         if not isinstance(key, str):
             return key_node.value  # numbers as keys: keep the text the author wrote
         return key
 
-    def _merged_size(self, node: yaml.MappingNode, seen: dict) -> int:
-        """How many entries `node` has once its `<<:` merges are resolved, without resolving."""
-        if id(node) in seen:
-            return seen[id(node)]
-        seen[id(node)] = 0  # a merge cycle counts nothing more
-        size = 0
-        for key_node, value_node in node.value:
-            if key_node.tag != _MERGE:
-                size += 1
-                continue
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+    def _sources(self, node: yaml.MappingNode) -> list[yaml.MappingNode]:
+        """The mappings that the `<<:` keys of `node` merge in, in the order written."""
+        sources = []
+        merges = [value for key, value in node.value if key.tag == _MERGE]
+        for value_node in merges[:1]:  # only the first counts; a second is a duplicate key
+            items = value_node.value if isinstance(value_node, yaml.SequenceNode) \
                 else [value_node]
-            size += sum(self._merged_size(s, seen) for s in sources
-                        if isinstance(s, yaml.MappingNode))
-            if size > MAX_NODES:
-                raise _TooLarge
-        seen[id(node)] = size
-        return size
+            for item in items:
+                if not isinstance(item, yaml.MappingNode):
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "a merge key '<<' takes a mapping or a list of mappings",
+                        item.start_mark)
+                sources.append(item)
+        return sources
+
+    def _effective(self, node: yaml.MappingNode, active: set) -> dict:
+        """key -> (key node, value node) of `node` once its merges are resolved.
+
+        The loader resolves merge keys itself instead of asking PyYAML to flatten the node tree,
+        and counts every entry it resolves against MAX_NODES, so a file gets the same verdict
+        whatever PyYAML version reads it. Each mapping is resolved once (an alias is the same
+        node), which keeps a mapping merged twice at every level linear, not exponential.
+        """
+        cached = self.merged.get(id(node))
+        if cached is not None:
+            return cached
+        if id(node) in active:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a merge key '<<' refers back to the mapping it is in",
+                node.start_mark)
+        active.add(id(node))
+        result: dict = {}
+        for source in self._sources(node):  # an earlier source wins over a later one
+            for key, entry in self._effective(source, active).items():
+                result.setdefault(key, entry)
+        for key_node, value_node in node.value:  # the mapping's own keys win over merged ones
+            if key_node.tag != _MERGE:
+                key = self._key(key_node, (), report=False)
+                if key is not _NOT_A_KEY:
+                    result[key] = (key_node, value_node)
+        active.discard(id(node))
+        self.count += len(result)
+        if self.count > MAX_NODES:
+            raise _TooLarge
+        self.merged[id(node)] = result
+        return result
 
     def _mapping(self, node: yaml.MappingNode, path: tuple, depth: int) -> dict:
-        if id(node) not in self.merged:  # an aliased mapping is flattened only once
-            # Merge keys can double a mapping at every level ("merge bombs"): bound the result
-            # before PyYAML builds it.
-            if any(k.tag == _MERGE for k, _v in node.value):
-                self.count += self._merged_size(node, {})
-                if self.count > MAX_NODES:
-                    raise _TooLarge
-            own = sum(key_node.tag != _MERGE for key_node, _value in node.value)
-            self.constructor.flatten_mapping(node)  # resolves `<<:`, putting merged entries first
-            self.merged[id(node)] = len(node.value) - own
-        merged = self.merged[id(node)]
-        keys = [self._key(key_node, path) for key_node, _value in node.value]
-        last = {key: index for index, key in enumerate(keys)}
+        own = [(k, v) for k, v in node.value if k.tag != _MERGE]
+        merges = [k for k, _v in node.value if k.tag == _MERGE]
+        for key_node in merges[1:]:  # PyYAML versions disagree on what a second one means
+            line, col = _mark(key_node)
+            first = _mark(merges[0])[0]
+            self.doc.problems.append(YamlProblem(
+                "E002", path + ("<<",), line, col,
+                f"duplicate merge key '<<' (first on line {first}); merge several mappings "
+                "with one key: '<<: [*a, *b]'"))
+        merged: dict = {}
+        if merges:
+            for source in self._sources(node):
+                for key, entry in self._effective(source, {id(node)}).items():
+                    merged.setdefault(key, entry)
+        keys = [self._key(key_node, path) for key_node, _value in own]
+        own_keys = set(keys)
         result: dict = {}
-        for index, ((key_node, value_node), key) in enumerate(zip(node.value, keys, strict=True)):
+        for key, (key_node, value_node) in merged.items():
+            if key in own_keys:
+                continue  # a merged entry gives way to the mapping's own: that is what `<<:` is for
+            self.doc.keys[path + (key,)] = _mark(key_node)
+            result[key] = self.build(value_node, path + (key,), depth + 1)
+        for (key_node, value_node), key in zip(own, keys, strict=True):
             if key is _NOT_A_KEY:
                 continue
-            if index < merged and last[key] != index:
-                continue  # a merged entry gives way to a later one: that is what `<<:` is for
             line, col = _mark(key_node)
             if key in result:
                 first = self.doc.keys.get(path + (key,), (0, 0))[0]

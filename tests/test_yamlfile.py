@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.yamlfile import MAX_FILE_BYTES, load_file, load_text
+import yaml
+
+from engine.yamlfile import MAX_FILE_BYTES, MAX_NODES, load_file, load_text
 
 
 def rules(doc):
@@ -78,6 +80,60 @@ def test_merge_keys_and_small_anchors_work():
     """Anchors, aliases and merge keys that stay small load normally."""
     doc = load_text("base: &b {x: 1}\nthing:\n  <<: *b\n  y: 2\n")
     assert doc.readable and doc.data["thing"] == {"x": 1, "y": 2}
+
+
+@pytest.mark.parametrize("text", [
+    "a: &a {x: 1, y: 2}\nb: &b {y: 3, z: 4}\nc: {<<: [*a, *b], z: 5}\n",
+    "a: &a {x: 1, n: {q: [1, 2]}}\nc:\n  <<: *a\n  x: 9\n",
+    "a: &a {x: 1}\nb: &b {<<: *a, y: 2}\nc: {<<: *b, z: 3}\n",
+    "c: {<<: {x: 1}, y: 2}\n",
+])
+def test_merge_keys_resolve_as_yaml_specifies(text):
+    """Merged entries come from the earliest source that has them; a mapping's own keys win."""
+    doc = load_text(text)
+    assert doc.readable and not doc.problems
+    assert doc.data == yaml.safe_load(text)
+
+
+def test_merged_entries_keep_the_position_of_their_source():
+    """A merged key points at the line where it was written."""
+    doc = load_text("base: &b\n  x: 1\nthing:\n  <<: *b\n  y: 2\n")
+    assert doc.keys[("thing", "x")] == (2, 3) and doc.keys[("thing", "y")] == (5, 3)
+
+
+def test_a_merge_bomb_whose_keys_are_shared_is_small():
+    """Merging the level below twice at every level builds each shared key once, not 2^n times."""
+    lines = ["m0: &m0 {k0: 1}"] + [f"m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], k{i}: {i}}}"
+                                    for i in range(1, 61)]
+    doc = load_text("\n".join(lines) + "\n")
+    assert doc.readable and len(doc.data["m60"]) == 61
+
+
+def test_merges_that_really_build_too_much_are_refused():
+    """Entries resolved from merges count against the loader's node budget."""
+    keys = MAX_NODES // 50
+    lines = ["m0: &m0 {" + ", ".join(f"k{i}: {i}" for i in range(keys)) + "}"]
+    lines += [f"m{i}: &m{i} {{<<: *m{i - 1}}}" for i in range(1, 60)]
+    doc = load_text("\n".join(lines) + "\n")
+    assert rules(doc) == [("E000", 1, 1)] and "too large" in doc.problems[0].message
+
+
+def test_a_second_merge_key_is_a_duplicate_key():
+    """Two `<<:` keys in one mapping are E002 (PyYAML versions read them differently)."""
+    doc = load_text("a: &a {x: 1}\nb: &b {w: 1}\nc:\n  <<: *a\n  <<: *b\n")
+    assert rules(doc) == [("E002", 5, 3)] and "'<<: [*a, *b]'" in doc.problems[0].message
+    assert doc.data["c"] == {"x": 1}
+
+
+@pytest.mark.parametrize(("text", "position", "fragment"), [
+    ("a: &a {<<: *a}\n", (1, 4), "refers back"),
+    ("a: {<<: 3}\n", (1, 9), "takes a mapping"),
+    ("a: &l [1]\nb: {<<: *l}\n", (1, 8), "takes a mapping"),
+])
+def test_malformed_merges_are_positioned_problems(text, position, fragment):
+    """A merge of something that is not a mapping, or of itself, is E000 at that node."""
+    doc = load_text(text)
+    assert rules(doc) == [("E000", *position)] and fragment in doc.problems[0].message
 
 
 @pytest.mark.parametrize(("content", "fragment"), [
