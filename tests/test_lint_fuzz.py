@@ -431,7 +431,8 @@ def test_heavy_inputs_are_bounded_in_time_and_memory(tmp_path, figure):
     figure("Alias bombs, deep nesting and huge files are bounded in time and memory",
            f"{len(heavy)} heavy inputs (billion laughs, quadratic and merge-key bombs, 10^4-deep "
            f"nesting, 3 MB files, random binary) in a process limited to 1 GiB: all exit 1, "
-           f"{len(UNREADABLE)} beyond the loader's bounds with E000; 0 tracebacks, 0 timeouts; slowest {slowest:.2f} s ({slowest_kind})")
+           f"{len(UNREADABLE)} beyond the loader's bounds with E000; 0 tracebacks, 0 timeouts; "
+           f"slowest {slowest:.2f} s ({slowest_kind})")
 
 
 def test_control_character_is_one_report_line_at_its_position(tmp_path):
