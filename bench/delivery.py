@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app({"PARTICIPANTS_DATABASE": str(folder / "p.db"),
                           "PARTICIPANTS_MACHINES": str(ROOT / "machines"),
                           "PARTICIPANTS_ACCESS_TOKENS": json.dumps({"bench-token": "bench"}),
-                          "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "1"})
+                          "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "1",
+                          "PARTICIPANTS_DISPATCHER": "off"})  # the dispatchers below only
         state = app.extensions["participants"]
         client = app.test_client()
 

@@ -16,6 +16,7 @@ import math
 import re
 
 from .batches import Item
+from .conventions import CORE_EDITABLE
 from .definitions import Definition
 from .errors import EngineError, Issue
 from .strictjson import strict_loads
@@ -23,7 +24,7 @@ from .strictjson import strict_loads
 __all__ = ["BatchFileError", "CORE_COLUMNS", "KEY_COLUMN", "TRANSITION_COLUMNS", "parse"]
 
 KEY_COLUMN = {"create": "uniqueCode", "update": "id"}
-CORE_COLUMNS = ("name", "owner", "category", "subCategory", "templateId")
+CORE_COLUMNS = CORE_EDITABLE
 TRANSITION_COLUMNS = ("eventCode", "reasonCode")    # update only: its stateTransition
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}

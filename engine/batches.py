@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import commands, idempotency
+from .conventions import compact_json
 from .errors import BatchNotFound, ParticipantNotFound, RequestInFlight
 from .store import Store, sqlite3
 
@@ -83,9 +84,7 @@ def _load(conn, batch_id: str) -> Batch | None:
 
 
 def _json(value) -> str | None:
-    if value is None:
-        return None
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return None if value is None else compact_json(value)
 
 
 # -- accepting ---------------------------------------------------------------------------------
@@ -117,6 +116,7 @@ def accept(store: Store, *, tenant_id: str, plural: str, kind: str, request_id: 
                          " VALUES (?, ?, ?, ?, ?)", rows)
         status_code, body = render(batch_id)
         idempotency.save(conn, tenant_id, request_id, fingerprint, status_code, body, now)
+        store.work_queued()  # a dispatcher of this process starts on it at once
     return status_code, body, False
 
 
@@ -221,6 +221,11 @@ class BatchWorker:
         with self.store.background():
             return self._run(limit, stop)
 
+    def due(self, conn) -> bool:
+        """Whether a batch is unfinished (a cheap read: the status index, no write lock)."""
+        return conn.execute("SELECT 1 FROM batches WHERE status IN ('pending', 'processing')"
+                            " LIMIT 1").fetchone() is not None
+
     def _hold_off(self) -> None:
         deadline = time.monotonic() + self.max_hold_off
         while self.store.writers_waiting() and time.monotonic() < deadline:
@@ -317,6 +322,7 @@ class BatchWorker:
                     " VALUES (?, ?, ?, 'batchCallback', ?, ?, 'pending', 0, ?, ?, 'POST', NULL, ?)",
                     (batch.id, batch.tenant_id, batch.id, url, batch.callback_secret, now, now,
                      _json(payload)))
+                self.store.work_queued()
         log.info("batch %s completed: %d succeeded, %d failed", batch.id, completed.success,
                  completed.failed)
         return True

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 
-from .decisions import CORE_EDITABLE, Change
+from .conventions import CORE_EDITABLE, REASON_CODE
+from .decisions import Change
 from .errors import Issue
 
 __all__ = ["Command", "build", "replace_fields"]
 
-_REASON = re.compile(r"^R-(?!0000)[0-9]{4}$")
 # Fields an onRequest hook may replace (never ids, codes of the transition, or core metadata).
 REPLACEABLE = {
     "create": ("properties", *CORE_EDITABLE),
@@ -83,7 +82,7 @@ def _replacement_issues(kind: str, fields: dict) -> list[str]:
             if not isinstance(value, dict):
                 problems.append(f"{name} must be an object")
         elif name == "reasonCode":
-            if value is not None and not (isinstance(value, str) and _REASON.match(value)):
+            if value is not None and not (isinstance(value, str) and REASON_CODE.match(value)):
                 problems.append("reasonCode must look like R-nnnn")
         elif value is not None and not (isinstance(value, str) and len(value) <= 256):
             problems.append(f"{name} must be text of at most 256 characters, or null")

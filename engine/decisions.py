@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 
 from . import failures as F
 from .attributes import json_path, run_checks
+from .conventions import CORE_EDITABLE
 from .definitions import Definition
 from .errors import Issue
 from .failures import FailureKind
 from .registry import ParticipantType
 
 __all__ = ["Change", "Failure", "Outcome", "Snapshot", "decide", "merge_patch"]
-
-CORE_EDITABLE = ("name", "owner", "category", "subCategory", "templateId")
 
 
 def merge_patch(target, patch):

@@ -9,20 +9,13 @@ from typing import Any
 
 __all__ = [
     "attribute_from_config", "data_item_from_config", "freeze",
-    "CORE_FIELDS", "DATA_TYPES", "NO_DEFAULT", "Attribute", "Category", "Condition",
+    "DATA_TYPES", "NO_DEFAULT", "Attribute", "Category", "Condition",
     "DataItem", "Definition", "Event", "MainState", "SubState", "Template", "Transition", "Ttl",
     "template_from_config",
     "parse_duration", "qualify",
 ]
 
 DATA_TYPES = ("string", "number", "integer", "boolean", "object", "array")
-
-# Fields of the participant itself; attribute names may not take them (lint rule E404).
-CORE_FIELDS = frozenset({
-    "id", "uniqueCode", "name", "owner", "participantType", "properties", "state",
-    "category", "subCategory", "templateId", "version", "createdAt", "updatedAt",
-    "createdBy", "updatedBy", "tenantId",
-})
 
 _DURATION = re.compile(r"^(?=\d)(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 

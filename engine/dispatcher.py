@@ -17,11 +17,12 @@ from .outbound import OutboundRefused, send
 from .signing import signature_headers
 from .store import Store
 
-__all__ = ["DeliveryPolicy", "Dispatcher"]
+__all__ = ["DEFAULT_POLL_SECONDS", "DeliveryPolicy", "Dispatcher"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 86400)  # seconds before each retry
+DEFAULT_POLL_SECONDS = 1.0  # an idle dispatcher looks for other processes' work this often
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,16 @@ WHERE ((o.status = 'pending' AND o.next_attempt_at <= :now)
 ORDER BY o.id LIMIT :batch
 """
 
+# When the outbox next has something due: the earliest pending attempt, or the first lease to
+# expire (a row leased until T can be claimed from T + 1). Both are reads of the status index.
+_OUTBOX_DUE = """
+SELECT MIN(due) FROM (
+  SELECT MIN(next_attempt_at) AS due FROM outbox
+  WHERE status = 'pending' AND next_attempt_at > :after
+  UNION ALL
+  SELECT MIN(lease_until) + 1 FROM outbox WHERE status = 'leased' AND lease_until >= :after)
+"""
+
 
 def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
@@ -92,8 +103,13 @@ class Dispatcher:
     # -- claiming ----------------------------------------------------------------------------
 
     def claim(self) -> list[tuple]:
-        """Lease up to `batch` due rows, at most one per participant, oldest first."""
+        """Lease up to `batch` due rows, at most one per participant, oldest first.
+
+        A read finds out first whether any row is claimable, so an idle dispatcher never takes
+        the write lock."""
         now = self._now_ms()
+        if self.store.conn.execute(_CLAIMABLE, {"now": now, "batch": 1}).fetchone() is None:
+            return []
         with self.store.write() as conn:
             ids = [r[0] for r in conn.execute(_CLAIMABLE, {"now": now,
                                                            "batch": self.policy.batch})]
@@ -175,6 +191,29 @@ class Dispatcher:
                      outbox_id, self.owner))
         return outcome
 
+    # -- looking for work without the write lock ----------------------------------------------
+
+    def next_due(self, after: int | None = None) -> int | None:
+        """When something is next due (epoch ms on this dispatcher's clock): an outbox row, a
+        timer, or an unfinished batch (due now); None when nothing is waiting at all. With
+        `after`, only what falls due later than that counts (batches never do).
+
+        A few indexed reads in one snapshot; never the write lock."""
+        with self.store.read() as conn:
+            if after is None and self.batches is not None and self.batches.due(conn):
+                return self._now_ms()
+            due = conn.execute(_OUTBOX_DUE, {"after": -1 if after is None else after}
+                               ).fetchone()[0]
+            if self.timers is not None:
+                timer = self.timers.next_due(conn, after)
+                if timer is not None and (due is None or timer < due):
+                    due = timer
+        return due
+
+    def wake(self) -> None:
+        """Make a waiting `run` look for work now (and notice that its stop event is set)."""
+        self.store.doorbell.ring()
+
     # -- loops -------------------------------------------------------------------------------
 
     def run_once(self, stop: threading.Event | None = None) -> int:
@@ -208,15 +247,35 @@ class Dispatcher:
                 "UPDATE outbox SET status = 'pending', lease_until = NULL, lease_owner = NULL"
                 " WHERE id = ? AND lease_owner = ?", [(row[0], self.owner) for row in rows])
 
-    def run(self, stop: threading.Event, idle: float = 0.2) -> None:
-        """Loop until `stop` is set; an in-flight delivery is always finished first."""
+    def run(self, stop: threading.Event, idle: float = DEFAULT_POLL_SECONDS) -> None:
+        """Loop until `stop` is set; an in-flight delivery is always finished first.
+
+        Between rounds it asks `next_due` (a read) and runs a round only when something is due,
+        so an idle dispatcher never takes the write lock. It then sleeps until the next due
+        time, at most `idle` seconds (the poll that finds other processes' work), and wakes at
+        once when this process commits background work (the store's doorbell). Set `stop` and
+        call `wake()` to stop at once; `stop` alone is seen within `idle` seconds.
+        """
         log.info("dispatcher %s started", self.owner)
-        while not stop.is_set():
-            try:
-                busy = self.run_once(stop)
-            except Exception:  # keep delivering: one bad row must not stop the loop
-                log.exception("dispatcher round failed")
-                busy = 0
-            if not busy:
-                stop.wait(idle)
-        log.info("dispatcher %s stopped", self.owner)
+        bell = self.store.doorbell
+        try:
+            while not stop.is_set():
+                seen = bell.rings
+                busy, due = 0, None
+                try:
+                    now = self._now_ms()
+                    due = self.next_due()
+                    if due is not None and due <= now:
+                        busy = self.run_once(stop)
+                        if not busy:  # due, yet nothing could be done: look again later
+                            due = self.next_due(after=now)
+                except Exception:  # keep delivering: one bad row must not stop the loop
+                    log.exception("dispatcher round failed")
+                    due = None
+                if busy:
+                    continue
+                wait = idle if due is None else min(idle, (due - self._now_ms()) / 1000)
+                bell.wait(seen, max(wait, 0.001))
+        finally:
+            self.store.close()  # this thread's connection
+            log.info("dispatcher %s stopped", self.owner)

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from email.utils import formatdate
 
+from .conventions import compact_json
 from .definitions import Definition
 
 __all__ = ["COMMANDS", "EventContext", "append", "envelope", "history", "entity"]
@@ -134,7 +135,7 @@ def next_sequence(conn, tenant_id: str, participant_id: str) -> int:
 
 def append(conn, record: dict) -> str:
     """Insert one event; returns its body as stored."""
-    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    body = compact_json(record)
     conn.execute(
         "INSERT INTO events (id, tenant_id, participant_id, participant_type, sequence, version,"
         " command_name, success, request_id, created_at, body)"

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, replace
 
 from .commands import Command, replace_fields
+from .conventions import compact_json
 from .errors import Issue
 from .outbound import OutboundRefused, send
 
@@ -29,8 +30,7 @@ def expand_headers(headers: dict | None, command: Command) -> dict:
 def hook_body(hook: dict, command: Command) -> bytes:
     """The hook's requestBody, or the client's request body when it gives none."""
     body = hook.get("requestBody")
-    return json.dumps(command.body if body is None else body,
-                      separators=(",", ":"), ensure_ascii=False).encode()
+    return compact_json(command.body if body is None else body).encode()
 
 
 def waits(hook: dict | None) -> bool:

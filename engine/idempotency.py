@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
+from .conventions import compact_json
 from .errors import RequestIdReused, RequestInFlight
 
 __all__ = ["fingerprint", "lookup", "prune", "release", "reserve", "save"]
@@ -12,7 +12,7 @@ __all__ = ["fingerprint", "lookup", "prune", "release", "reserve", "save"]
 
 def fingerprint(method: str, path: str, body) -> str:
     """A digest of the request: method, path and canonical JSON body."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = compact_json(body, sort_keys=True)
     return hashlib.sha256(f"{method}\n{path}\n{canonical}".encode()).hexdigest()
 
 

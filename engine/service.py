@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from . import batches, events, idempotency
 from . import failures as F
 from .commands import Command
+from .conventions import compact_json, index_value
 from .decisions import Failure, Snapshot, decide
 from .errors import Issue, ParticipantNotFound, PreconditionFailed
 from .events import EventContext
@@ -22,7 +22,6 @@ from .store import Store, StoredParticipant
 __all__ = ["Command", "Service", "WriteResult", "participant_id_for"]
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "participant-service/participants")
-_INT64 = (-(2**63), 2**63 - 1)
 
 
 def participant_id_for(tenant_id: str, plural: str, unique_code: str) -> str:
@@ -40,14 +39,12 @@ class WriteResult:
 Render = Callable[[str, dict, "str | None"], tuple[int, str]]
 
 
-def _index_value(value):
-    """What an indexed attribute stores in attribute_index (SQLite has 64-bit integers)."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
-        as_float = float(value) if abs(value) < 1e308 else math.copysign(math.inf, value)
-        return as_float
-    return value
+def _has_timer(ptype: ParticipantType, state: str) -> bool:
+    """Whether a participant entering `state` starts a timer: a ttl, or a terminalTTL. (A timer
+    unblocked by a later write without a transition is found by the dispatcher's next poll.)"""
+    sub = ptype.definition.sub_states.get(state)
+    return sub is not None and (sub.ttl is not None or (
+        sub.terminal and ptype.definition.terminal_ttl is not None))
 
 
 class Service:
@@ -204,7 +201,7 @@ class Service:
         """Insert or compare-and-set the participant row and its index rows."""
         core = outcome.core
         user = json.dumps(command.user_info) if command.user_info is not None else None
-        properties = json.dumps(outcome.properties, separators=(",", ":"), ensure_ascii=False)
+        properties = compact_json(outcome.properties)
         callback = command.callback or (current.callback if current else None)
         callback_json = json.dumps(callback) if callback is not None else None
         secret = self._secret(command, current)
@@ -241,7 +238,9 @@ class Service:
             conn.execute("DELETE FROM attribute_index WHERE tenant_id = ? AND type = ?"
                          " AND participant_id = ?",
                          (command.tenant_id, ptype.plural, participant_id))
-        indexed = [(command.tenant_id, ptype.plural, name, _index_value(outcome.properties[name]),
+        if (current is None or outcome.transitioned) and _has_timer(ptype, outcome.state):
+            self.store.work_queued()  # a new due time for the dispatcher (see _has_timer)
+        indexed = [(command.tenant_id, ptype.plural, name, index_value(outcome.properties[name]),
                     participant_id)
                    for name in ptype.definition.indexed_attributes if name in outcome.properties]
         if indexed:
@@ -280,6 +279,8 @@ class Service:
             rows.append(("onRequest", on_request["url"], on_request.get("method") or "POST",
                          expand_headers(on_request.get("requestHeader"), command),
                          hook_body(on_request, command).decode()))
+        if rows:
+            self.store.work_queued()  # the dispatcher hears of it once this commits
         for kind, url, method, headers, payload in rows:
             conn.execute(
                 "INSERT INTO outbox (event_id, tenant_id, participant_id, kind, url, secret,"

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import sqlite_utils
 from sqlite_utils.db import sqlite3
+
+from .doorbell import Doorbell
 
 try:
     import fcntl
@@ -24,7 +27,7 @@ __all__ = ["SCHEMA_VERSION", "Store", "StoredParticipant", "sqlite3"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 _APPEND_ONLY = """
@@ -122,7 +125,27 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
     db["attribute_index"].create_index(["tenant_id", "type", "participant_id"])
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    """Live participants by state and entry time, for the timers: finding the next due ttl or
+    terminalTTL then never walks the archived ones (which stay in their terminal state)."""
+    db.execute("CREATE INDEX participants_live_state ON participants"
+               " (type, state, state_entered_at) WHERE archived_at IS NULL")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
+
+
+_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+_INHERITED: list = []  # a forked child's copies of its parent's connections, never used
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def now_ms() -> int:
@@ -186,6 +209,8 @@ class Store:
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        # Rung after a commit that queued background work (see `work_queued`).
+        self.doorbell = Doorbell()
         # Writes hold a shared lock on this file while they wait for and hold the write lock,
         # so a background writer (the batch worker) can see them and let them go first.
         self._intent_path = None
@@ -194,6 +219,7 @@ class Store:
             if fcntl is not None:
                 self._intent_path = self.path + "-writers"
         self.migrate()
+        _STORES.add(self)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -274,6 +300,7 @@ class Store:
         """One write transaction: BEGIN IMMEDIATE, then COMMIT, or ROLLBACK on any error."""
         conn = self.conn
         announced = self._announce()
+        self._local.queued = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -285,6 +312,14 @@ class Store:
         finally:
             if announced is not None:
                 fcntl.flock(announced, fcntl.LOCK_UN)
+            queued, self._local.queued = self._local.queued, False
+        if queued:
+            self.doorbell.ring()
+
+    def work_queued(self) -> None:
+        """Inside a write transaction: it queues background work (an outbox row, a batch, a state
+        with a timer), so ring the doorbell once it has committed (never if it rolls back)."""
+        self._local.queued = True
 
     # -- foreground and background writers -----------------------------------------------
     #
@@ -334,6 +369,14 @@ class Store:
             yield
         finally:
             self._local.background = False
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child must not use its parent's connections or intent descriptors (SQLite
+        forbids carrying a connection across fork; flocks belong to the shared open file), nor
+        close them: it keeps them unused and opens its own."""
+        _INHERITED.append(self._local)
+        self._local = threading.local()
+        self.doorbell = Doorbell()
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -26,6 +26,40 @@ class Timers:
         self.service = service
         self.batch = batch
 
+    def _waits(self) -> list[tuple[str, str, int, bool]]:
+        """(type, state, ms to wait, whether a blocked timer is skipped) of every timer."""
+        waits = []
+        for ptype in self.types.values():
+            definition = ptype.definition
+            for sub in definition.sub_states.values():
+                if sub.ttl is not None:
+                    waits.append((ptype.plural, sub.qualified, sub.ttl.seconds * 1000, True))
+                if sub.terminal and definition.terminal_ttl is not None:
+                    waits.append((ptype.plural, sub.qualified, definition.terminal_ttl * 1000,
+                                  False))
+        return waits
+
+    def next_due(self, conn, after: int | None = None) -> int | None:
+        """When the earliest timer is due (epoch ms), or None if no participant waits on one;
+        with `after`, the earliest due later than that.
+
+        One statement of indexed reads (live participants by type, state and entry time), and
+        no write lock: the dispatcher asks this before deciding whether to run the timers."""
+        parts, params = [], []
+        for plural, state, wait_ms, skip_blocked in self._waits():
+            parts.append(
+                "SELECT (SELECT state_entered_at FROM participants WHERE type = ? AND state = ?"
+                " AND archived_at IS NULL"
+                + (" AND (timer_blocked_version IS NULL OR timer_blocked_version != version)"
+                   if skip_blocked else "")
+                + ("" if after is None else " AND state_entered_at > ?")
+                + " ORDER BY state_entered_at LIMIT 1) + ? AS due")
+            params += [plural, state] + ([] if after is None else [after - wait_ms]) + [wait_ms]
+        if not parts:
+            return None
+        return conn.execute(f"SELECT MIN(due) FROM ({' UNION ALL '.join(parts)})",
+                            params).fetchone()[0]
+
     def run_due(self, now: float) -> int:
         """Apply every ttl and terminalTTL that is due at `now` (epoch seconds)."""
         now_ms = int(now * 1000)
@@ -73,11 +107,16 @@ class Timers:
         if not terminal:
             return 0
         marks = ",".join("?" * len(terminal))
-        with self.service.store.write() as conn:
-            cursor = conn.execute(
-                f"UPDATE participants SET archived_at = ? WHERE type = ? AND state IN ({marks})"
-                " AND state_entered_at <= ? AND archived_at IS NULL",
-                (now_ms, ptype.plural, *terminal, now_ms - definition.terminal_ttl * 1000))
+        where = (f"WHERE type = ? AND state IN ({marks}) AND state_entered_at <= ?"
+                 " AND archived_at IS NULL")
+        params = (ptype.plural, *terminal, now_ms - definition.terminal_ttl * 1000)
+        store = self.service.store
+        if store.conn.execute(f"SELECT 1 FROM participants {where} LIMIT 1",
+                              params).fetchone() is None:
+            return 0  # nothing to archive: no write lock taken to find that out
+        with store.write() as conn:
+            cursor = conn.execute(f"UPDATE participants SET archived_at = ? {where}",
+                                  (now_ms, *params))
             archived = cursor.rowcount
             if archived:
                 log.info("archived %d %s after terminalTTL", archived, ptype.plural)

@@ -86,6 +86,9 @@ def service_config(database) -> dict:
         "PARTICIPANTS_MACHINES": str(TEST_MACHINES),
         "PARTICIPANTS_ACCESS_TOKENS": json.dumps(TOKENS),
         "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "1",
+        # Tests drive dispatchers by hand (run_once) or start them on purpose; an app created in
+        # the test process, or a server started with this, runs none of its own.
+        "PARTICIPANTS_DISPATCHER": "off",
     }
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import pytest
 
-from tests.conftest import BASE, headers, service_config
+from tests.conftest import BASE, TEST_MACHINES, headers, service_config
 
 ALIAS = BASE.rsplit("/", 1)[0] + "/participant"
 TABLES = ("events", "participants", "idempotency", "attribute_index", "outbox")
@@ -547,3 +548,34 @@ def test_refused_request_id_can_be_used_again(client, app, pid):
                       headers=headers(request_id=rid))
     assert good.status_code == 202
     assert good.json["data"]["event"]["payloadValidated"] is True
+
+
+def test_an_indexed_number_past_the_largest_double_is_stored_and_found(tmp_path):
+    """An integer of 401 digits in an indexed number attribute without a range is indexed as
+    infinity (engine/conventions.py index_value) — it was a 500 — and a range query finds it."""
+    from webapp import create_app
+
+    machines = tmp_path / "machines"
+    shutil.copytree(TEST_MACHINES, machines)
+    text = (machines / "vehicles.yaml").read_text()
+    assert text.count("  verified: {dataType: boolean") == 1
+    (machines / "vehicles.yaml").write_text(text.replace(
+        "  verified: {dataType: boolean", "  score: {dataType: number, indexed: true}\n"
+        "  verified: {dataType: boolean"))
+    application = create_app({**service_config(tmp_path / "huge.db"),
+                              "PARTICIPANTS_MACHINES": str(machines), "TESTING": True})
+    try:
+        client = application.test_client()
+        body = ('{"uniqueCode": "V-HUGE", "properties": {"registrationNumber": "AB-1",'
+                ' "score": 1%s}}' % ("0" * 400))
+        created = client.post(f"{BASE}/vehicles", data=body, content_type="application/json",
+                              headers=headers())
+        assert created.status_code == 202, created.get_data(as_text=True)
+        assert created.json["data"]["event"]["payloadValidated"] is True
+        query = {"range": [{"key": "score", "relation": "gt", "value": 9.2e18}]}
+        listed = client.get(f"{BASE}/vehicles", query_string={"query": json.dumps(query)},
+                            headers=headers())
+        assert listed.status_code == 200, listed.get_data(as_text=True)
+        assert [p["uniqueCode"] for p in listed.json["data"]["participants"]] == ["V-HUGE"]
+    finally:
+        application.extensions["participants"].store.close()

@@ -34,3 +34,21 @@ def test_every_failure_code_is_in_the_readme_table():
     assert set(rows) == {k.code for k in CATALOGUE.values()}
     for kind in CATALOGUE.values():
         assert rows[kind.code] == [kind.reason, kind.summary]
+
+
+def test_list_limits_in_the_readme_are_the_engines():
+    """The README's *List limits* paragraph states engine/queries.py LIMITS."""
+    from engine.conventions import INT64
+    from engine.queries import LIMITS
+
+    start = README.index("- **List limits.**")
+    paragraph = " ".join(README[start:README.index("\n- **", start + 1)].split())
+    assert LIMITS.numbers == INT64 == (-(2**63), 2**63 - 1)
+    for phrase in (f"`query` parameter at most {LIMITS.query_chars:,} characters",
+                   f"at most {LIMITS.clauses} clauses in all operators together",
+                   f"at most {LIMITS.terms_values} values per `terms` clause",
+                   f"names at most {LIMITS.text:,} characters each",
+                   "between −2^63 and 2^63 − 1",
+                   f"at most {LIMITS.select} `select[]` names",
+                   f"`limit` 1 to {LIMITS.limit}", f"`offset` 0 to {LIMITS.offset:,}"):
+        assert phrase in paragraph, phrase

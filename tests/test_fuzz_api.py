@@ -9,6 +9,14 @@ the response schema; every negative request must be refused with a 4xx. A second
 same generated requests with a missing, unknown or other tenant's token: only 401 (or 400 for a
 malformed header) may come back.
 
+List queries get schemathesis of their own (GET /{plural} only, many more cases; `query` is
+generated from the Query schema as JSON text) and a hostile corpus of query strings: every
+operator with extreme numbers (1e308, 2^64, 10^400 as JSON text, NaN), huge, odd and invalid
+strings, wrong shapes and odd keys; clause and terms-value counts far past the limits; JSON
+10^5 deep or 1,000 wide; megabyte query strings; odd sortKey, sortBy, limit, offset and
+select[]. Each must be the 200 or the 400 (naming its path) that the limits call for, fit the
+OpenAPI document, and write nothing.
+
 The hostile-body corpus is built from valid bodies of every POST/PUT route of the application's
 url_map: truncated at every k-th byte, BOM-prefixed, NaN/Infinity/overflowing numbers in every
 value, every key duplicated, lone surrogates in every string and key, 10^5-deep nesting, bodies
@@ -39,7 +47,8 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import BASE, LONG, headers, scale, service_config
+from tests.conftest import BASE, LONG, Server, headers, scale, service_config
+from webapp.http import OPENAPI
 
 pytestmark = pytest.mark.reliability
 
@@ -50,6 +59,19 @@ AUTH_EXAMPLES = scale(4, 40)  # generated requests per operation for each bad-au
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def server(tmp_path):
+    """conftest's gunicorn, with no limit on the request line: gunicorn would answer a query
+    string over 4,094 bytes itself (414, in HTML), and these suites check the service's own
+    limits (engine/queries.py LIMITS); its log is checked for tracebacks as there."""
+    srv = Server(tmp_path / "participants.db",
+                 extra_env={"GUNICORN_CMD_ARGS": "--limit-request-line 0"})
+    yield srv
+    log = srv.stop()
+    assert "Traceback" not in log, log
+    assert "database is locked" not in log, log
+
 
 @pytest.fixture(scope="module")
 def sx():
@@ -322,6 +344,277 @@ def test_fuzzed_requests_without_valid_auth_are_refused(sx, server, figure):
            f"{tally.inputs} requests over {len(protected)} protected operations × "
            f"{len(BAD_AUTH)} bad-token variants: 401: {tally.statuses[401]}, "
            f"400: {tally.statuses[400]}, other: 0; rows written: 0")
+
+
+# -- hostile query strings (list queries) -------------------------------------------------------
+
+LIST_EXAMPLES = scale(40, 1000)  # generated list requests per generation mode
+HUGE = scale(10**6, 8 * 10**6)  # characters of the longest query strings
+
+
+def test_schemathesis_list_query_parameters_find_no_5xx(sx, server, figure):
+    """GET /{plural} alone, many more cases: `query` generated from the Query schema (as JSON
+    text, positive and negative), with limit, offset, sortKey, sortBy and select[]; no 5xx,
+    every response documented, every schema-violating request refused with a 4xx."""
+    for code in ("LQ-1", "LQ-2"):
+        _create(server, code)
+    schema = _load_schema(sx, server)
+    operation = next(op for op in _operations(schema) if op.label == "GET /{plural}")
+    assert "content" in next(p for p in operation.definition.raw["parameters"]
+                             if p.get("name") == "query"), "query is not generated as JSON"
+    session = requests.Session()
+    tally = Tally(sx)
+    for mode in (sx.GenerationMode.POSITIVE, sx.GenerationMode.NEGATIVE):
+        checks = [sx.not_a_server_error, *sx.conformance]
+        if mode.is_negative:
+            checks.append(sx.negative_data_rejection)
+
+        def call(case, mode=mode, checks=checks):
+            sent = _injected_headers(case)
+            response = case.call(base_url=server.url + BASE, session=session, headers=sent,
+                                 timeout=TIMEOUT)
+            tally.inputs += 1
+            tally.statuses[response.status_code] += 1
+            if response.status_code >= 500:
+                tally.server_errors.append(f"{mode.value}: {response.status_code} "
+                                           f"{case.as_curl_command(headers=sent)[:1000]}")
+            try:
+                case.validate_response(response, checks=checks, headers=sent)
+            except sx.FailureGroup as group:
+                tally.record_failures(f"GET /{{plural}} ({mode.value})", group, response, case,
+                                      sent)
+
+        strategy = operation.as_strategy(generation_mode=mode,
+                                         path_parameters={"plural": "vehicles"})
+        _fuzz(strategy, LIST_EXAMPLES, call)
+
+    assert not tally.server_errors and not tally.failures, tally.report() + _tracebacks(server)
+    assert tally.statuses[200] > 0 and tally.statuses[400] > 0, tally.statuses
+    statuses = ", ".join(f"{s}: {n}" for s, n in sorted(tally.statuses.items()))
+    figure("List queries generated from the OpenAPI document (schemathesis, positive and "
+           "negative) find no 5xx and no response outside the document",
+           f"{tally.inputs} generated list requests (query, limit, offset, sortKey, sortBy, "
+           f"select[]) ({statuses}); 5xx: 0; nonconforming responses: 0; schema-violating "
+           "requests accepted: 0")
+
+
+# Values as raw JSON text: (label, text, within the limits). A value within the limits may still
+# be refused for its operator (a number for prefix) or key; one past them is always a 400.
+QUERY_NUMBERS = [
+    ("1e308", "1e308", False), ("-1e308", "-1e308", False),
+    ("largest double", "1.7976931348623157e308", False), ("1e400", "1e400", False),
+    ("-1e999", "-1e999", False), ("2^63", str(2**63), False), ("2^63 - 1", str(2**63 - 1), True),
+    ("-2^63", str(-(2**63)), True), ("-2^63 - 1", str(-(2**63) - 1), False),
+    ("2^64", str(2**64), False), ("10^400", "1" + "0" * 400, False),
+    ("-10^400", "-1" + "0" * 400, False), ("4301 digits", "9" * 4301, False),
+    ("2^63 as a decimal", "9.223372036854775808e18", False), ("9.2e18", "9.2e18", True),
+    ("1e-400", "1e-400", True), ("5e-324", "5e-324", True), ("-0.0", "-0.0", True),
+    ("0.1", "0.1", True), ("NaN", "NaN", False), ("Infinity", "Infinity", False),
+    ("-Infinity", "-Infinity", False), ("hex", "0x10", False), ("leading zero", "01", False),
+]
+QUERY_STRINGS = [
+    ("empty", '""', True), ("1,024 characters", json.dumps("x" * 1024), True),
+    ("1,025 characters", json.dumps("x" * 1025), False),
+    ("1,024 emoji", json.dumps("\U0001F600" * 1024), True),
+    ("1,024 wildcards", json.dumps("%" * 1024), True),
+    ("1,024 escapes", json.dumps("_\\" * 512), True), ("10^5 characters", json.dumps("y" * 10**5),
+                                                      False),
+    ("NUL", '"\\u0000"', True), ("NUL inside", json.dumps("a\x00b"), True),
+    ("lone surrogate", '"\\ud800"', False), ("swapped surrogates", '"\\udfff\\ud800"', False),
+    ("unicode oddities", json.dumps("\u202e\ufeff e\u0301 \uffff \U0010ffff \u2028"), True),
+    ("NaN as text", '"NaN"', True), ("SQL", json.dumps("x' OR '1'='1"), True),
+    ("control character", '"\x01"', False),
+]
+QUERY_SHAPES = [
+    ("null", "null", False), ("true", "true", True), ("object", '{"a": 1}', False),
+    ("empty array", "[]", False), ("array", '["Diesel"]', False),
+    ("nested 3 deep", '{"a": {"b": {"c": 1}}}', False),
+    ("nested 33 deep", "[" * 33 + "]" * 33, False),
+    ("nested 10^4 deep", "[" * 10**4 + "]" * 10**4, False),
+]
+QUERY_VALUES = QUERY_NUMBERS + QUERY_STRINGS + QUERY_SHAPES
+QUERY_KEYS = {"core text": "name", "core number": "version", "indexed": "registrationNumber",
+              "unknown": "colour"}
+ODD_KEYS = ['""', '"\\u0000"', '"name\\u0000"', json.dumps("k" * 1024), json.dumps("k" * 1025),
+            json.dumps("k" * 10**5), "1", "null", "true", '{"a": 1}', '["name"]', '"NAME"',
+            '" name"', '"name "', '"properties"', '"tenantId"', '"p.id"', '"id) OR 1=1 --"',
+            '"\\u202ename"', '"\\ud800"', '"s.value"']
+
+
+def _clause(operator: str, key: str, value: str) -> str:
+    """One clause of `operator` as JSON text; `key` and `value` are JSON texts."""
+    if operator == "terms":
+        return f'{{"key":{key},"values":[{value}]}}'
+    if operator == "range":
+        return f'{{"key":{key},"relation":"gte","value":{value}}}'
+    if operator == "exists":
+        return f'{{"key":{key}}}'
+    return f'{{"key":{key},"value":{value}}}'
+
+
+def _query(operator: str, *clauses: str) -> str:
+    return f'{{"{operator}":[{",".join(clauses)}]}}'
+
+
+def _answerable(operator: str, key: str, value: str) -> bool:
+    """Whether SPEC §3 answers this clause (its value within the limits): a queryable key and a
+    value of the operator's type. Written from the spec, as an oracle of engine/queries.py."""
+    if key not in ("name", "version", "registrationNumber"):
+        return False
+    if operator == "exists":
+        return True
+    parsed = json.loads(value)
+    if operator in ("prefix", "match"):
+        return isinstance(parsed, str) and parsed != ""
+    return not (operator == "range" and isinstance(parsed, bool))
+
+
+def hostile_list_requests():
+    """(kind, query-string parameters, must be refused) for the list route."""
+    from engine.queries import LIMITS, OPERATORS
+
+    for operator in OPERATORS:
+        for key in QUERY_KEYS.values():
+            for label, value, ok in ([("", "", True)] if operator == "exists" else QUERY_VALUES):
+                yield f"{operator}: {label or 'key'}", \
+                    {"query": _query(operator, _clause(operator, json.dumps(key), value))}, \
+                    not ok or not _answerable(operator, key, value)
+        for key in ODD_KEYS:
+            yield f"{operator}: odd key", \
+                {"query": _query(operator, _clause(operator, key, '"Diesel"'))}, True
+        # a wide terms list, and wide values for the rest
+        values = ",".join(json.dumps(f"v{i}") for i in range(LIMITS.terms_values))
+        yield f"{operator}: clause of the longest values", {"query": _query(
+            operator, *[_clause(operator, '"name"', json.dumps("%_" * 512))] * 3)}, False
+        if operator == "terms":
+            for count, refused in ((LIMITS.terms_values, False), (LIMITS.terms_values + 1, True),
+                                   (HUGE // 10, True)):
+                many = ",".join(str(i) for i in range(count))
+                yield f"terms with {count:,} values", \
+                    {"query": f'{{"terms":[{{"key":"version","values":[{many}]}}]}}'}, refused
+            yield "50 terms clauses of 100 values", {"query": _query(
+                "terms", *[f'{{"key":"fuelType","values":[{values}]}}'] * LIMITS.clauses)}, False
+    # clause counts, alone and across operators
+    exists = '{"key":"name"}'
+    for count in (LIMITS.clauses, LIMITS.clauses + 1, 1000, 5000, HUGE // 20):
+        yield f"{count:,} clauses", {"query": _query("exists", *[exists] * count)}, \
+            count > LIMITS.clauses
+    half = LIMITS.clauses // 2
+    every = {op: [json.loads(_clause(op, '"name"', '"a"'))] * (half if op == "term" else 1)
+             for op in OPERATORS}  # 25 + 1 + 1 + 1 + exists + 1
+    yield "every operator, at the limit", {"query": json.dumps({
+        **every, "exists": [{"key": "name"}] * (LIMITS.clauses - half - 4)})}, False
+    yield "every operator, one past the limit", {"query": json.dumps({
+        **every, "exists": [{"key": "name"}] * (LIMITS.clauses - half - 3)})}, True
+    # deep and wide JSON, and JSON that is not a query
+    for text in ("[" * 10**5 + "]" * 10**5, '{"term":' * 40 + "[]" + "}" * 40,
+                 '{"term":[' + "[" * 40 + "]" * 40 + "]}",
+                 "{" + ",".join(f'"op{i}":[]' for i in range(1000)) + "}",
+                 '{"term":[{"key":"name","value":"a",' + ",".join(
+                     f'"m{i}":1' for i in range(1000)) + "}]}",
+                 '{"term":[],"term":[]}', "{term:", "'", "\ufeff{}", "{} x", "NaN", "1e999", "[]",
+                 "null", '"text"', "0", "{", "\x00", '{"term":null}', '{"term":{}}',
+                 '{"term":[null]}', '{"term":[[]]}', '{"exists":[{}]}', '{"": []}',
+                 '{"\\ud800": []}', '{"range":[{"key":"name","relation":"eq","value":1}]}'):
+        yield "deep, wide or not a query", {"query": text}, True
+    # the whole parameter's length: whitespace is JSON too
+    small = '{"exists":[{"key":"name"}]}'
+    for length, refused in ((LIMITS.query_chars, False), (LIMITS.query_chars + 1, True),
+                            (HUGE, True)):
+        yield f"query of {length:,} characters", \
+            {"query": small[:-1] + " " * (length - len(small)) + "}"}, refused
+    # the other parameters
+    for key, ok in (("createdAt", True), ("registrationNumber", True), ("version", True),
+                    ("capacityKg", False), ("", False), ("\x00", False), ("k" * 1025, False),
+                    ("k" * 10**6, False), ("createdAt; DROP TABLE participants", False),
+                    ("s.value", False), ("p.id", False), ("tenantId", False),
+                    ("properties", False), ("\u202ecreatedAt", False), ("createdAt ", False),
+                    ("CREATEDAT", False), ("%FF%FE", False)):
+        yield "sortKey", {"sortKey": key}, not ok
+    for value, ok in (("asc", True), ("desc", True), ("ASC", False), ("", False),
+                      ("\x00", False), ("desc ", False), ("x" * 10**5, False)):
+        yield "sortBy", {"sortBy": value}, not ok
+    for name, high in (("limit", LIMITS.limit), ("offset", LIMITS.offset)):
+        low = 1 if name == "limit" else 0
+        for value, ok in ((str(low), True), (str(high), True), (str(high + 1), False),
+                          (str(low - 1), False), ("1e2", False), (" 1", False), ("1 ", False),
+                          ("+1", False), ("\uff11", False), ("\u0663", False), ("9" * 30, False),
+                          ("", False), ("1.0", False), ("0x10", False), ("\x00", False),
+                          (str(2**64), False)):
+            yield name, {name: value}, not ok
+    for names, ok in ((["name"], True), (["properties", "fuelType", "state"], True),
+                      (["name"] * LIMITS.select, True), (["name"] * (LIMITS.select + 1), False),
+                      (["name"] * 10**4, False), (["colour"], False), ([""], False),
+                      (["\x00"], False), (["k" * 1025], False), (["tenantId"], False)):
+        yield "select[]", {"select[]": names}, not ok
+    yield "select", {"select": ["name", "fuelType"]}, False
+    for params in ({"page": "2"}, {"query[]": "{}"}, {"Query": "{}"}, {"": "x"}):
+        yield "unknown parameter", params, True
+    yield "query twice", [("query", "{}"), ("query", "[]")], False
+    yield "limit twice", [("limit", "1"), ("limit", "0")], False
+
+
+class _Answer:
+    """A requests response as tests/test_openapi.py's Contract reads a Flask one."""
+
+    def __init__(self, response):
+        self.status_code, self.headers = response.status_code, response.headers
+        self.mimetype = response.headers.get("Content-Type", "").split(";")[0].strip()
+        self._text = response.text
+
+    def get_data(self, as_text: bool = False):
+        return self._text
+
+
+def test_hostile_list_queries_are_answered_never_a_5xx_and_write_nothing(server, figure):
+    """About a thousand hostile list requests (every operator × extreme numbers, huge, odd
+    and invalid strings, wrong shapes, odd keys; clause counts and terms values far past the
+    limits, JSON 10^5 deep or 1,000 wide, query strings of 1 MB (8 MB in the long form), odd
+    sortKey, sortBy, limit, offset and select[]): each is the 200 or the 400 naming its path
+    that SPEC §3 and the limits call for, and fits the OpenAPI document; nothing is written and
+    the server logs no traceback."""
+    from tests.test_openapi import Contract
+
+    for code in ("HQ-1", "HQ-2"):
+        _create(server, code)
+    database = _database(server)
+    before = ledger(database)
+    contract = Contract(OPENAPI)
+    session = requests.Session()
+    url = f"{server.url}{BASE}/vehicles"
+    tried, statuses, kinds, wrong, slowest = 0, Counter(), Counter(), [], 0.0
+    for kind, params, refused in hostile_list_requests():
+        started = time.monotonic()
+        response = session.get(url, params=params, headers=headers("a"), timeout=TIMEOUT)
+        slowest = max(slowest, time.monotonic() - started)
+        tried += 1
+        kinds[kind.split(":")[0]] += 1
+        statuses[response.status_code] += 1
+        shown = f"{kind} {str(params)[:160]}: {response.status_code} {response.text[:200]}"
+        problems = len(contract.problems)
+        contract.check("GET", f"{BASE}/vehicles", _Answer(response))
+        if response.status_code not in (200, 400) or len(contract.problems) > problems:
+            wrong.append(f"{shown} {contract.problems[problems:]}")
+        elif refused is True and response.status_code != 400:
+            wrong.append(f"{shown}: expected 400")
+        elif refused is False and response.status_code != 200:
+            wrong.append(f"{shown}: expected 200")
+        elif response.status_code == 400:
+            paths = [e["path"] for e in response.json()["error"]["additionalInfo"]["errors"]]
+            if not paths or not all(re.match(r"\$\.(query|sortKey|sortBy|limit|offset|"
+                                              r"select|page|Query|$)", p) for p in paths):
+                wrong.append(f"{shown}: no path of the list request named")
+
+    assert not wrong, "\n".join(wrong[:15]) + f"\n({len(wrong)} in all)" + _tracebacks(server)
+    assert ledger(database) == before
+    assert statuses[200] > 0 and statuses[400] > 0 and tried >= 900
+    figure("Hostile list queries (extreme numbers, huge and odd strings, wrong shapes, "
+           "thousands of clauses or values, 10^5-deep JSON, megabyte query strings, odd paging, "
+           "sorting and select[]) are answered 200 or 400, never a 5xx",
+           f"{tried} list requests over all 6 operators "
+           f"({', '.join(f'{s}: {n}' for s, n in sorted(statuses.items()))}); 5xx: 0; "
+           f"inputs past the limits answered 200: 0; nonconforming responses: 0; rows "
+           f"written: 0; slowest answer {slowest:.2f} s")
 
 
 # -- the hostile-body corpus --------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import math
 import shutil
 import sqlite3
 import string
@@ -47,7 +46,8 @@ from hypothesis.stateful import (
 from engine import failures as F
 from engine.attributes import thaw
 from engine.commands import build
-from engine.decisions import CORE_EDITABLE, Change, Failure, Outcome, Snapshot, decide, merge_patch
+from engine.conventions import CORE_EDITABLE, compact_json, index_value
+from engine.decisions import Change, Failure, Outcome, Snapshot, decide, merge_patch
 from engine.errors import ParticipantNotFound, RequestIdReused
 from engine.idempotency import fingerprint
 from engine.lint.runner import lint_documents
@@ -348,15 +348,6 @@ def change_from_data(kind: str, data: dict) -> Change:
                   event_code=data.get("eventCode"), reason_code=data.get("reasonCode"))
 
 
-def index_value(value):
-    """What attribute_index holds: booleans as 0/1, integers beyond 64 bits as floats."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        return float(value) if abs(value) < 1e308 else math.copysign(math.inf, value)
-    return value
-
-
 def snapshot_of(row: dict) -> Snapshot:
     """What `decide` sees of a stored participants row."""
     return Snapshot(row["state"], json.loads(row["properties"]), {
@@ -386,8 +377,7 @@ def render(participant_id: str, record: dict, state: str | None) -> tuple[int, s
     event.update(id=record["event"]["id"], state=state)
     if not record["payloadValidated"]:
         event["errors"] = record["errors"]
-    return 202, json.dumps({"data": {"id": participant_id, "event": event}},
-                           separators=(",", ":"), ensure_ascii=False)
+    return 202, compact_json({"data": {"id": participant_id, "event": event}})
 
 
 # -- the stateful suite ---------------------------------------------------------------------------

@@ -565,6 +565,7 @@ def _outbox_statuses(database) -> list[tuple]:
 # -- protected fields ---------------------------------------------------------------------------
 
 RANDOM_CASINGS = scale(3, 30)  # per protected name, besides the systematic spellings
+# Written out from SPEC §3, not taken from webapp/http.py: an independent oracle.
 PROTECTED = ["id", "state", "version", "createdAt", "updatedAt", "tenantId", "createdBy",
              "updatedBy", "participantType", "uniqueCode", "mainState", "subState"]
 

@@ -27,6 +27,7 @@ from tests.conftest import BASE, Server, headers, scale
 TIMEOUT = 60
 ACTIVATE = {"eventCode": "E-022", "reasonCode": "R-0001"}
 DEACTIVATE = {"eventCode": "E-023", "reasonCode": "R-0001"}
+# Written out from SPEC §3, not taken from the engine: an independent oracle of the answer.
 PARTICIPANT_KEYS = {"id", "uniqueCode", "name", "owner", "participantType", "properties", "state",
                     "category", "subCategory", "templateId", "version", "createdAt", "updatedAt",
                     "createdBy", "updatedBy"}

@@ -16,13 +16,15 @@ from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException
 
 from engine.batches import BatchWorker
-from engine.dispatcher import DEFAULT_SCHEDULE, DeliveryPolicy, Dispatcher
+from engine.conventions import compact_json
+from engine.dispatcher import DEFAULT_POLL_SECONDS, DEFAULT_SCHEDULE, DeliveryPolicy, Dispatcher
 from engine.hooks import HookCaller
 from engine.registry import Registry, load_registry
 from engine.service import Service
 from engine.store import Store
 from engine.timers import Timers
 
+from .embedded import MODES, EmbeddedDispatcher, serving, stop_on_sigterm
 from .errors import status_and_code
 from .http import token_table
 
@@ -46,6 +48,8 @@ DEFAULTS = {
     "PARTICIPANTS_HOOK_TIMEOUT_SECONDS": 10,
     "PARTICIPANTS_MAX_BATCH_ITEMS": 10_000,
     "PARTICIPANTS_MAX_BATCH_BODY_BYTES": 32 * 1024 * 1024,
+    "PARTICIPANTS_DISPATCHER": "embedded",
+    "PARTICIPANTS_DISPATCHER_POLL_SECONDS": DEFAULT_POLL_SECONDS,
 }
 
 
@@ -61,6 +65,8 @@ class Participants:
     policy: DeliveryPolicy
     max_batch_items: int = 10_000
     max_batch_bytes: int = 32 * 1024 * 1024
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    embedded: EmbeddedDispatcher | None = None  # this process's dispatcher thread
 
     def dispatcher(self, clock=time.time) -> Dispatcher:
         """A dispatcher for this app's outbox, timers and batches (one per thread or process)."""
@@ -84,6 +90,24 @@ def _positive(config, name: str) -> int:
     value = _int(config, name)
     if value < 1:
         raise _config_error(name, f"expected a whole number above 0, got {config[name]!r}")
+    return value
+
+
+def _seconds(config, name: str) -> float:
+    try:
+        value = float(config[name])
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not 0 < value < 3600:
+        raise _config_error(name, f"expected seconds above 0 (e.g. 1 or 0.5), got "
+                                  f"{config[name]!r}")
+    return value
+
+
+def _choice(config, name: str, choices: tuple[str, ...]) -> str:
+    value = str(config[name]).strip().lower()
+    if value not in choices:
+        raise _config_error(name, f"expected {' or '.join(choices)}, got {config[name]!r}")
     return value
 
 
@@ -129,6 +153,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.update(test_config)
     config = app.config
     config["MAX_CONTENT_LENGTH"] = _int(config, "PARTICIPANTS_MAX_BODY_BYTES")
+    dispatcher_mode = _choice(config, "PARTICIPANTS_DISPATCHER", MODES)
+    poll_seconds = _seconds(config, "PARTICIPANTS_DISPATCHER_POLL_SECONDS")
 
     types = load_registry(config["PARTICIPANTS_MACHINES"])
     store = Store(config["PARTICIPANTS_DATABASE"],
@@ -144,10 +170,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     policy = DeliveryPolicy(schedule=_schedule(config),
                             read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"),
                             lease_seconds=_int(config, "PARTICIPANTS_DELIVERY_LEASE_SECONDS"))
-    app.extensions["participants"] = Participants(
+    participants = app.extensions["participants"] = Participants(
         types, store, service, token_table(_tokens(config)), allow_private, policy,
         max_batch_items=_positive(config, "PARTICIPANTS_MAX_BATCH_ITEMS"),
-        max_batch_bytes=_positive(config, "PARTICIPANTS_MAX_BATCH_BODY_BYTES"))
+        max_batch_bytes=_positive(config, "PARTICIPANTS_MAX_BATCH_BODY_BYTES"),
+        poll_seconds=poll_seconds)
     gunicorn_log = logging.getLogger("gunicorn.error")
     if gunicorn_log.handlers:  # under gunicorn, speak through its log
         log.handlers, log.propagate = gunicorn_log.handlers, False
@@ -168,6 +195,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.add_url_rule(alias, "participant_alias", update, methods=["PUT"])
     app.register_error_handler(Exception, _handle_error)
     app.cli.add_command(dispatch_command)
+    if dispatcher_mode == "embedded" and serving():
+        participants.embedded = EmbeddedDispatcher(participants.dispatcher, poll_seconds).start()
+        if click.get_current_context(silent=True) is not None:  # flask run
+            stop_on_sigterm()
     return app
 
 
@@ -176,17 +207,23 @@ def create_app(test_config: dict | None = None) -> Flask:
 @with_appcontext
 def dispatch_command(once: bool) -> None:
     """Deliver callbacks and hooks from the outbox, run state timers and batches until SIGTERM."""
-    dispatcher = current_app.extensions["participants"].dispatcher()
+    participants = current_app.extensions["participants"]
+    dispatcher = participants.dispatcher()
     if once:
         while dispatcher.run_once():
             pass
         return
     stop = threading.Event()
+
+    def stopping(*_):
+        stop.set()
+        dispatcher.wake()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stopping)
     click.echo(f"dispatcher {dispatcher.owner}: delivering; SIGTERM stops after the delivery "
                "in flight")
-    dispatcher.run(stop)
+    dispatcher.run(stop, participants.poll_seconds)
 
 
 def _handle_error(error: Exception) -> Response:
@@ -208,6 +245,6 @@ def _handle_error(error: Exception) -> Response:
     }
     headers = {"Allow": ", ".join(error.valid_methods)} \
         if getattr(error, "valid_methods", None) else None
-    return Response(json.dumps(body, separators=(",", ":")), status=status,
+    return Response(compact_json(body), status=status,
                     mimetype="application/json", headers=headers)
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 from flask import Blueprint, Response, current_app, request
 
 from engine import commands, idempotency
+from engine.conventions import compact_json
 from engine.errors import Issue, ParticipantNotFound
 from engine.outbound import OutboundRefused, check_url
-from engine.queries import OPERATORS, ListQuery
+from engine.queries import LIMITS, OPERATORS, ListQuery
 from engine.queries import run as run_query
 
 from . import views
@@ -20,8 +20,7 @@ from .http import OPENAPI, Caller, authenticate, if_match, read_json, strict_loa
 bp = Blueprint("participants", __name__)
 
 
-def dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+dumps = compact_json
 
 
 def echo(body=None) -> dict:
@@ -101,8 +100,8 @@ def get_state(plural, pid):
 def get_events(plural, pid):
     caller = _caller()
     _type(plural)
-    limit = _int_arg("limit", 50, 1, 100)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = _int_arg("limit", 50, 1, LIMITS.limit)
+    offset = _int_arg("offset", 0, 0, LIMITS.offset)
     records, total = _state().service.history(caller.tenant_id, _own(plural, pid), limit, offset)
     return respond({"events": records, "meta": {"totalElements": total}})
 
@@ -118,6 +117,10 @@ def list_participants(plural):
                          [Issue(f"$.{k}", "unknown query parameter") for k in unknown])
     clauses = {}
     raw = request.args.get("query")
+    if raw and len(raw) > LIMITS.query_chars:  # refused before it is parsed
+        raise BadRequest(f"query is longer than {LIMITS.query_chars:,} characters",
+                         [Issue("$.query", f"has {len(raw):,} characters; at most "
+                                           f"{LIMITS.query_chars:,}")])
     if raw:
         try:
             clauses = strict_loads(raw)
@@ -135,9 +138,10 @@ def list_participants(plural):
     sort_by = request.args.get("sortBy", "desc")
     if sort_by not in ("asc", "desc"):
         raise BadRequest("sortBy must be asc or desc", [Issue("$.sortBy", "must be asc or desc")])
-    query = ListQuery(clauses, _int_arg("limit", 50, 1, 100), _int_arg("offset", 0, 0, 10**9),
-                      request.args.get("sortKey", "createdAt"), sort_by)
     select = request.args.getlist("select[]") + request.args.getlist("select")
+    query = ListQuery(clauses, _int_arg("limit", 50, 1, LIMITS.limit),
+                      _int_arg("offset", 0, 0, LIMITS.offset),
+                      request.args.get("sortKey", "createdAt"), sort_by, tuple(select))
     rows, total = run_query(_state().store.conn, ptype.definition, caller.tenant_id, query)
     return respond({"participants": [views.participant(p, select) for p in rows],
                     "meta": {"totalElements": total}})

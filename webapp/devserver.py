@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 
 from engine.errors import DefinitionError
 
 from . import create_app
+from .embedded import stop_on_sigterm
 
 DEV_TENANT = "demo"
 DEV_TOKEN = "dev-token"
@@ -47,18 +47,15 @@ def main() -> int:
     print(f"Participant Service: types {', '.join(state.types)}; "
           f"SQLite {state.store.sqlite_version} at {state.store.path}")
     print(_example(app.config["PARTICIPANTS_BASE_PATH"]))
-    # Callbacks, hooks and timers are delivered by a thread here; production runs
-    # `flask --app webapp dispatch` as a process of its own.
-    stop = threading.Event()
-    dispatcher = state.dispatcher()
-    thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher",
-                              daemon=True)
-    thread.start()
+    # Callbacks, hooks, timers and batches: create_app started the embedded dispatcher (unless
+    # PARTICIPANTS_DISPATCHER=off); it stops after the delivery in flight when the server exits,
+    # on Ctrl-C or SIGTERM.
+    stop_on_sigterm()
     try:
         app.run(host=HOST, port=PORT, threaded=True)
     finally:
-        stop.set()
-        thread.join(timeout=15)
+        if state.embedded is not None:
+            state.embedded.stop()
     return 0
 
 

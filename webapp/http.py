@@ -15,6 +15,7 @@ from flask import Request, g
 from referencing.jsonschema import DRAFT202012
 
 from engine.attributes import json_path
+from engine.conventions import CORE_EDITABLE, CORE_FIELDS
 from engine.errors import Issue
 from engine.jsonschemas import CompiledSchema, ecma_patterns
 from engine.strictjson import strict_loads
@@ -27,8 +28,8 @@ __all__ = ["Caller", "OPENAPI", "authenticate", "if_match", "problems", "read_js
 
 MAX_HEADER = {"X-COREOS-REQUEST-ID": 255, "X-COREOS-TID": 128, "X-COREOS-ACCESS": 1024,
               "X-COREOS-USERINFO": 4096, "X-COREOS-CALLBACK-SECRET": 1024}
-PROTECTED = {"id", "state", "version", "createdAt", "updatedAt", "tenantId", "createdBy",
-             "updatedBy", "participantType", "uniqueCode", "mainState", "subState"}
+# Core fields no request body sets directly (uniqueCode only on create), and the state's parts.
+PROTECTED = (CORE_FIELDS - {*CORE_EDITABLE, "properties"}) | {"mainState", "subState"}
 _PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
 
 
@@ -159,6 +160,10 @@ def read_json(request: Request):
     return body
 
 
+_SIZES = {"maxLength": "at most", "maxItems": "at most", "maxProperties": "at most",
+          "minLength": "at least", "minItems": "at least", "minProperties": "at least"}
+
+
 def _issues(error: jsonschema.ValidationError, root: str):
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -174,6 +179,11 @@ def _issues(error: jsonschema.ValidationError, root: str):
     elif error.validator in ("pattern", "maxLength") and "description" in error.schema:
         yield Issue(json_path(root, *path), f"{json.dumps(error.instance)} is not a valid "
                     f"{error.schema['description']}")
+    elif error.validator in _SIZES and isinstance(error.instance, str | list | dict):
+        # said without echoing the value, which may be long
+        what = "characters" if isinstance(error.instance, str) else "items"
+        yield Issue(json_path(root, *path), f"has {len(error.instance):,} {what}; "
+                    f"{_SIZES[error.validator]} {error.validator_value:,}")
     else:
         yield Issue(json_path(root, *path), error.message)
 

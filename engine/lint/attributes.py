@@ -12,7 +12,8 @@ import referencing.exceptions
 from referencing.jsonschema import DRAFT202012
 
 from ..attributes import compile_checks, run_checks
-from ..definitions import CORE_FIELDS, DATA_TYPES, attribute_from_config
+from ..conventions import CORE_FIELDS
+from ..definitions import DATA_TYPES, attribute_from_config
 from ._rule import Context, Finding, mapping, rule, sequence
 from .codes import suggest
 from .walk import conditions

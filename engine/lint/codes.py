@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import difflib
-import re
 
+from ..conventions import EVENT_CODE, REASON_CODE
 from ._rule import Context, Finding, mapping, rule, sequence
 from .walk import transitions
-
-EVENT_CODE = re.compile(r"^E-(?!000)[0-9]{3}$")
-REASON_CODE = re.compile(r"^R-(?!0000)[0-9]{4}$")
 
 
 def suggest(value: str, known) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..conventions import EVENT_CODE
 from ..definitions import qualify
 from ._rule import Context, Finding, mapping, rule, sequence
-from .codes import EVENT_CODE, suggest
+from .codes import suggest
 from .walk import initial_state, sub_states, transitions
 
 

@@ -11,12 +11,13 @@ import jsonschema
 import referencing
 from referencing.jsonschema import DRAFT202012
 
+from ..conventions import EVENT_CODE_PATTERN, REASON_CODE_PATTERN
 from ._rule import Context, Finding, mapping, rule
 
 # Patterns reported by their own rules, with better messages (E101, E102, E501).
 _DEDICATED_PATTERNS = {
-    "^E-(?!000)[0-9]{3}$",
-    "^R-(?!0000)[0-9]{4}$",
+    EVENT_CODE_PATTERN,
+    REASON_CODE_PATTERN,
     "^(?=[0-9])([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
 }
 _PATTERN_NAMES = {
