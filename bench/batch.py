@@ -41,12 +41,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import batches, idempotency  # noqa: E402
-from engine.batches import BatchWorker, Item  # noqa: E402
-from engine.commands import build  # noqa: E402
-from engine.registry import load_registry  # noqa: E402
-from engine.service import Service, participant_id_for  # noqa: E402
-from engine.store import Store, now_ms  # noqa: E402
+from engine.jobs.batchworker import BatchWorker  # noqa: E402
+from engine.loading.registry import load_registry  # noqa: E402
+from engine.model.commands import build  # noqa: E402
+from engine.model.conventions import now_ms  # noqa: E402
+from engine.service import batches, idempotency  # noqa: E402
+from engine.service.batches import Item  # noqa: E402
+from engine.service.participants import Service, participant_id_for  # noqa: E402
+from engine.storage.sqlite import SqliteStorage  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from benchmark import TO_AVAILABLE, trip_update  # noqa: E402  (one scenario for both benchmarks)
@@ -97,7 +99,7 @@ def single_updates(path: Path, participant_id: str, first: int, rate: float,
     `first` must be even: the vehicle is left in active:available, as it was found.
     """
     ptype = load_registry(MACHINES)["vehicles"]
-    store = Store(path, synchronous="FULL")
+    store = SqliteStorage(path, synchronous="FULL")
     service = Service(store)
     latencies = []
     started = time.perf_counter()
@@ -128,7 +130,7 @@ def _in_process(path, participant_id, first, rate, done, results):
     results.put(single_updates(path, participant_id, first, rate, done, None))
 
 
-def accept(store: Store, n: int, prefix: str) -> float:
+def accept(store: SqliteStorage, n: int, prefix: str) -> float:
     """Accept an n-item create batch; the transaction's duration in ms."""
     items = [Item({"uniqueCode": f"{prefix}-{i:05d}", "name": f"Vehicle {i}",
                    "owner": "operators:bench", "category": "truck", "subCategory": "lcv",
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     path = folder / "participants.db"
     try:
         ptype = load_registry(MACHINES)["vehicles"]
-        store = Store(path, synchronous="FULL")
+        store = SqliteStorage(path, synchronous="FULL")
         service = Service(store)
         worker = BatchWorker({"vehicles": ptype}, service)
         print(f"SQLite {store.sqlite_version}, synchronous=FULL, {args.items:,} items per batch,"

@@ -49,11 +49,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import idempotency  # noqa: E402
-from engine.commands import build  # noqa: E402
-from engine.registry import load_registry  # noqa: E402
-from engine.service import Service  # noqa: E402
-from engine.store import Store, sqlite3  # noqa: E402
+from engine.loading.registry import load_registry  # noqa: E402
+from engine.model.commands import build  # noqa: E402
+from engine.service import idempotency  # noqa: E402
+from engine.service.participants import Service  # noqa: E402
+from engine.storage.sqlite import SqliteStorage, sqlite3  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 MACHINES = ROOT / "machines"
@@ -182,7 +182,7 @@ def baseline(folder: Path, synchronous: str, seconds: float) -> Figures:
 def engine(folder: Path, synchronous: str, seconds: float) -> Figures:
     """Service.execute of combined updates on one vehicle, each with a new request id."""
     ptype = load_registry(MACHINES)["vehicles"]
-    store = Store(folder / f"engine-{synchronous}.db", synchronous=synchronous)
+    store = SqliteStorage(folder / f"engine-{synchronous}.db", synchronous=synchronous)
     service = Service(store)
 
     def run(kind: str, body: dict, participant_id: str | None = None) -> dict:

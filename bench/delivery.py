@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print("One event at a time, dispatcher thread polling every 10 ms when idle:")
         print(f"  commit-to-arrival p50 {_percentile(latency, 0.5):,.1f} ms, "
               f"p99 {_percentile(latency, 0.99):,.1f} ms (n={len(latency)})")
-        state.store.close()
+        state.storage.close()
     finally:
         receiver.shutdown()
         receiver.server_close()

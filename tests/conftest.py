@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.registry import load_registry
+from engine.loading.registry import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def app(tmp_path):
 
     application = create_app({**service_config(tmp_path / "participants.db"), "TESTING": True})
     yield application
-    application.extensions["participants"].store.close()
+    application.extensions["participants"].storage.close()
 
 
 @pytest.fixture

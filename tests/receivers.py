@@ -186,7 +186,7 @@ def verify_signature(secret: str, received: Received) -> bool:
 
 def rows(app, sql: str, *params) -> list[tuple]:
     """Run one query on a fresh connection to the app's database (never the app's own)."""
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         return conn.execute(sql, params).fetchall()
     finally:

@@ -32,7 +32,7 @@ EVERY_TARGET = pytest.mark.parametrize("target", list(TARGETS))
 
 def ledger(app) -> dict[str, int]:
     """Row counts of every table a write touches."""
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
     finally:
@@ -198,7 +198,7 @@ def small_app(tmp_path):
     application = create_app({**service_config(tmp_path / "small.db"),
                               "PARTICIPANTS_MAX_BODY_BYTES": 1000, "TESTING": True})
     yield application
-    application.extensions["participants"].store.close()
+    application.extensions["participants"].storage.close()
 
 
 @EVERY_TARGET
@@ -552,7 +552,8 @@ def test_refused_request_id_can_be_used_again(client, app, pid):
 
 def test_an_indexed_number_past_the_largest_double_is_stored_and_found(tmp_path):
     """An integer of 401 digits in an indexed number attribute without a range is indexed as
-    infinity (engine/conventions.py index_value) — it was a 500 — and a range query finds it."""
+    infinity (engine/model/conventions.py index_value) — it was a 500 — and a range query finds
+    it."""
     from webapp import create_app
 
     machines = tmp_path / "machines"
@@ -578,4 +579,4 @@ def test_an_indexed_number_past_the_largest_double_is_stored_and_found(tmp_path)
         assert listed.status_code == 200, listed.get_data(as_text=True)
         assert [p["uniqueCode"] for p in listed.json["data"]["participants"]] == ["V-HUGE"]
     finally:
-        application.extensions["participants"].store.close()
+        application.extensions["participants"].storage.close()

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from engine.queries import ListQuery
-from engine.queries import run as run_query
+from engine.service.queries import ListQuery
+from engine.storage.sqlite.queries import run as run_query
+from engine.storage.sqlite.repositories import PARTICIPANT_COLUMNS
 from tests.conftest import BASE, headers
 
 ALIAS = BASE.rsplit("/", 1)[0] + "/participant"
@@ -43,7 +44,7 @@ def get(client, url, tenant="a", **params):
 
 
 def count(app, table: str) -> int:
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     finally:
@@ -478,10 +479,11 @@ def test_indexed_attribute_lookup_uses_the_attribute_index(app, fleet, query):
     """The SQL of an attribute query searches attribute_index through attribute_index_lookup."""
     shared = app.extensions["participants"]
     definition = shared.types["vehicles"].definition
-    conn = shared.store.connect()
+    conn = shared.storage.connect()
     try:
         recorder = _RecordingConnection(conn)
-        rows, total = run_query(recorder, definition, "tenant-a", ListQuery(query))
+        rows, total = run_query(recorder, definition, "tenant-a", ListQuery(query),
+                                PARTICIPANT_COLUMNS)
         assert total == len(rows) > 0
         assert len(recorder.statements) == 2   # the count and the page
         for sql, parameters in recorder.statements:
@@ -670,7 +672,7 @@ def test_callback_secret_is_never_echoed_or_logged(client, app):
     for response in responses:
         assert secret not in response.get_data(as_text=True)
         assert secret not in str(response.headers)
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         rows = conn.execute("SELECT * FROM events").fetchall()
     finally:

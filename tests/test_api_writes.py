@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
-from engine import idempotency
-from engine.service import participant_id_for
-from engine.store import now_ms, sqlite3
+from engine.model.conventions import now_ms
+from engine.service import idempotency
+from engine.service.participants import participant_id_for
+from engine.storage.sqlite import sqlite3
 from tests.conftest import BASE, headers
 
 ALIAS = BASE.rsplit("/", 1)[0] + "/participant"
@@ -52,7 +53,7 @@ def outcome(response) -> dict:
 
 def stored_events(app, pid=None) -> list[dict]:
     """Event records straight from the events table, in append order."""
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         sql, params = "SELECT body FROM events ORDER BY seq", ()
         if pid is not None:
@@ -63,7 +64,7 @@ def stored_events(app, pid=None) -> list[dict]:
 
 
 def count(app, table: str) -> int:
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     finally:
@@ -652,13 +653,8 @@ def test_two_tenants_use_the_same_request_id_independently(client, app):
 def _reserve(app, request_id: str, body: dict, lease_from: int, lease_ms: int) -> None:
     """Mark (tenant-a, request_id) in flight, as a process working on it would."""
     digest = idempotency.fingerprint("POST", f"{BASE}/vehicles", body)
-    conn = app.extensions["participants"].store.connect()
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        idempotency.reserve(conn, "tenant-a", request_id, digest, lease_from, lease_ms)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    with app.extensions["participants"].storage.write() as uow:
+        uow.idempotency.reserve("tenant-a", request_id, digest, lease_from, lease_from + lease_ms)
 
 
 def test_request_id_in_flight_is_409(client, app):
@@ -715,7 +711,7 @@ def test_events_table_refuses_changes(client, app, statement):
     """UPDATE, DELETE, REPLACE and upserts on events raise, and the table stays as it was."""
     pid = create(client)["id"]
     outcome(update(client, pid, {"properties": {"axles": 3}}))
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         before = conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
         assert len(before) == 2

@@ -12,10 +12,11 @@ import threading
 
 import pytest
 
-from engine import batchcsv, idempotency
-from engine.batches import ITEM_SEPARATOR, BatchWorker
-from engine.failures import INVALID_ATTRIBUTES, INVALID_STATE_TRANSITION
-from engine.store import now_ms
+from engine.jobs.batchworker import BatchWorker
+from engine.model.conventions import now_ms
+from engine.model.failures import INVALID_ATTRIBUTES, INVALID_STATE_TRANSITION
+from engine.service import batchcsv, idempotency
+from engine.service.batches import ITEM_SEPARATOR
 from tests.conftest import BASE, ROOT, service_config
 from tests.conftest import headers as make_headers
 from tests.receivers import Receiver, Reply, rows, verify_signature
@@ -358,7 +359,7 @@ def test_example_files_apply_to_the_shipped_vehicles(tmp_path):
             assert summary["meta"]["failed"] == 0, summary["errors"]
             assert summary["meta"]["success"] == summary["meta"]["total"] == 4
     finally:
-        app.extensions["participants"].store.close()
+        app.extensions["participants"].storage.close()
 
 
 # -- idempotency ----------------------------------------------------------------------------------
@@ -475,20 +476,16 @@ def test_an_item_in_flight_elsewhere_is_left_for_a_later_round(client, app, work
     batch_id = accepted(submit(client, [{"uniqueCode": "V-1", "properties": GOOD}],
                                **{"X-COREOS-REQUEST-ID": "held"}))
     request_id = f"held{ITEM_SEPARATOR}0"
-    conn = app.extensions["participants"].store.connect()
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        idempotency.reserve(conn, "tenant-a", request_id,
-                            idempotency.fingerprint("BATCH", batch_id, 0), now_ms(), 60_000)
-        conn.execute("COMMIT")
-        assert worker.run_once() == 0
-        assert status(client, batch_id)["meta"] == {"status": "processing", "success": 0,
-                                                    "failed": 0, "total": 1}
-        conn.execute("BEGIN IMMEDIATE")
-        idempotency.release(conn, "tenant-a", request_id)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    storage = app.extensions["participants"].storage
+    with storage.write() as uow:
+        uow.idempotency.reserve("tenant-a", request_id,
+                                idempotency.fingerprint("BATCH", batch_id, 0), now_ms(),
+                                now_ms() + 60_000)
+    assert worker.run_once() == 0
+    assert status(client, batch_id)["meta"] == {"status": "processing", "success": 0,
+                                                "failed": 0, "total": 1}
+    with storage.write() as uow:
+        uow.idempotency.release("tenant-a", request_id)
     drain(worker)
     assert status(client, batch_id)["meta"]["status"] == "completed"
 
@@ -597,7 +594,7 @@ def small_app(tmp_path):
                               "PARTICIPANTS_MAX_BATCH_ITEMS": "3",
                               "PARTICIPANTS_MAX_BATCH_BODY_BYTES": "4096"})
     yield application
-    application.extensions["participants"].store.close()
+    application.extensions["participants"].storage.close()
 
 
 def test_more_items_than_the_limit_is_413(small_app):
@@ -680,7 +677,7 @@ def test_the_dispatcher_applies_batches(client, app):
 
 def test_foreground_writes_announce_themselves_and_background_ones_do_not(app):
     """While a write waits or runs, writers_waiting() says so, unless it is a background one."""
-    store = app.extensions["participants"].store
+    store = app.extensions["participants"].storage
     assert not store.writers_waiting()
     inside, leave = threading.Event(), threading.Event()
 
@@ -719,7 +716,7 @@ def test_the_worker_holds_off_while_writes_wait_but_never_stops(client, app):
     batch_id = accepted(submit(client, [{"uniqueCode": f"V-{i}", "properties": GOOD}
                                         for i in range(3)]))
     worker = BatchWorker(state.types, state.service, max_hold_off=0.05)
-    waiting = os.open(state.store.path + "-writers", os.O_RDWR)
+    waiting = os.open(state.storage.path + "-writers", os.O_RDWR)
     try:
         fcntl.flock(waiting, fcntl.LOCK_SH)  # what a write waiting for the lock holds
         started = time.monotonic()

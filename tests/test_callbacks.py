@@ -17,7 +17,7 @@ from email.utils import formatdate
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from engine.dispatcher import Attempt, DeliveryPolicy, Dispatcher
+from engine.jobs.dispatcher import Attempt, DeliveryPolicy, Dispatcher
 from tests.conftest import BASE, headers, service_config
 from tests.receivers import Receiver, Reply, rows, verify_signature
 
@@ -47,7 +47,7 @@ def make_app(tmp_path):
 
     yield build
     for app in built:
-        app.extensions["participants"].store.close()
+        app.extensions["participants"].storage.close()
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def event_body(app, event_id) -> bytes:
 
 
 def outbox(app) -> list[dict]:
-    conn = app.extensions["participants"].store.connect()
+    conn = app.extensions["participants"].storage.connect()
     try:
         cursor = conn.execute("SELECT * FROM outbox ORDER BY id")
         names = [c[0] for c in cursor.description]
@@ -175,7 +175,7 @@ def test_running_dispatcher_delivers_and_stops(app, client, receiver):
         try:
             dispatcher.run(stop, idle=0.02)
         finally:
-            dispatcher.store.close()  # this thread's connection
+            dispatcher.storage.close()  # this thread's connection
 
     thread = threading.Thread(target=loop)
     thread.start()
@@ -451,7 +451,7 @@ def test_two_dispatchers_never_deliver_the_same_row(app, client, receiver):
     receiver.program("/cb", Reply(200, delay=0.005))
     expected = {create(client, code=f"V-{i}", callback_url=receiver.url("/cb"))["id"]
                 for i in range(30)}
-    store = app.extensions["participants"].store
+    store = app.extensions["participants"].storage
     policy = DeliveryPolicy(schedule=(0,), batch=3)
     start = threading.Barrier(3)
     counts = []

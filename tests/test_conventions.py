@@ -1,5 +1,6 @@
 """The shared rules have one home: the files that cannot import it (JSON Schemas, the OpenAPI
-document) agree with engine/conventions.py and engine/queries.py, and no module re-writes them."""
+document) agree with engine/model/conventions.py and engine/service/queries.py, and no module
+re-writes them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from importlib import resources
 
 import pytest
 
-from engine.conventions import (
+from engine.model.conventions import (
     CORE_EDITABLE,
     CORE_FIELDS,
     EVENT_CODE,
@@ -19,8 +20,15 @@ from engine.conventions import (
     compact_json,
     index_value,
 )
-from engine.queries import ANSWERED_FIELDS, CORE_COLUMNS, LIMITS, MEMBERS, OPERATORS, RELATIONS
-from engine.store import StoredParticipant
+from engine.service.queries import (
+    ANSWERED_FIELDS,
+    CORE_COLUMNS,
+    LIMITS,
+    MEMBERS,
+    OPERATORS,
+    RELATIONS,
+)
+from engine.storage.interface import StoredParticipant
 from tests.conftest import ROOT
 from webapp import views
 from webapp.http import OPENAPI
@@ -35,7 +43,7 @@ def _machine_schema() -> dict:
 
 def test_code_patterns_of_the_json_schemas_and_the_openapi_document_are_the_engines():
     """machine.schema.json (codes.schema.json refers to it) and openapi.yaml repeat the code
-    patterns; they are the texts of engine/conventions.py."""
+    patterns; they are the texts of engine/model/conventions.py."""
     defs = _machine_schema()["$defs"]
     assert defs["eventCode"]["pattern"] == EVENT_CODE_PATTERN
     assert defs["reasonCode"]["pattern"] == REASON_CODE_PATTERN
@@ -55,13 +63,13 @@ def test_code_patterns(code, event, reason):
 
 
 def test_no_module_writes_the_code_patterns_again():
-    """The pattern texts appear in Python only in engine/conventions.py."""
+    """The pattern texts appear in Python only in engine/model/conventions.py."""
     needles = ("(?!000)", "(?!0000)")
     found = [str(path.relative_to(ROOT)) for folder in ("engine", "webapp", "tests")
              for path in (ROOT / folder).rglob("*.py")
              if path.name != "test_conventions.py"
              and any(n in path.read_text("utf-8") for n in needles)]
-    assert found == ["engine/conventions.py"]
+    assert found == ["engine/model/conventions.py"]
 
 
 # Literal cases, not a second implementation: the rule as the index has always applied it.
@@ -112,7 +120,7 @@ def _list_parameters() -> dict:
 
 
 def test_openapi_query_schema_has_the_engines_operators_members_and_limits():
-    """Query in openapi.yaml: the operators and clause members of engine/queries.py MEMBERS,
+    """Query in openapi.yaml: the operators and clause members of engine/service/queries.py MEMBERS,
     and LIMITS on clause counts, terms values, string lengths and numbers."""
     query = SCHEMAS["Query"]
     assert query["additionalProperties"] is False

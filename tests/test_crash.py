@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from engine.store import sqlite3
+from engine.storage.sqlite import sqlite3
 from tests.conftest import BASE, ROOT, free_port, headers, scale, service_config
 from tests.receivers import Receiver, Reply
 
@@ -559,7 +559,7 @@ def test_no_committed_callback_is_lost_when_the_dispatcher_is_killed(tmp_path, f
             process.kill()
             process.wait()
         if app is not None:
-            app.extensions["participants"].store.close()
+            app.extensions["participants"].storage.close()
         receiver.close()
     log = log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-5000:]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import failures as F
-from engine.decisions import Change, Snapshot, decide, merge_patch
+from engine.model import failures as F
+from engine.model.decisions import Change, Snapshot, decide, merge_patch
 
 VALID = {"registrationNumber": "AB-1234", "fuelType": "Diesel", "verified": False}
 ACTIVE = {**VALID, "verified": True, "capacityKg": 1000}

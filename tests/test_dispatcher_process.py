@@ -70,7 +70,7 @@ def writer(database):
 
     app = create_app({**service_config(database), "TESTING": True, **SETTINGS})
     yield app
-    app.extensions["participants"].store.close()
+    app.extensions["participants"].storage.close()
 
 
 @pytest.fixture

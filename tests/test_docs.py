@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from engine.failures import CATALOGUE
 from engine.lint import RULES
+from engine.model.failures import CATALOGUE
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -37,9 +37,9 @@ def test_every_failure_code_is_in_the_readme_table():
 
 
 def test_list_limits_in_the_readme_are_the_engines():
-    """The README's *List limits* paragraph states engine/queries.py LIMITS."""
-    from engine.conventions import INT64
-    from engine.queries import LIMITS
+    """The README's *List limits* paragraph states engine/service/queries.py LIMITS."""
+    from engine.model.conventions import INT64
+    from engine.service.queries import LIMITS
 
     start = README.index("- **List limits.**")
     paragraph = " ".join(README[start:README.index("\n- **", start + 1)].split())

@@ -25,7 +25,7 @@ import click
 import pytest
 import requests
 
-from engine.store import Store, sqlite3
+from engine.storage.sqlite import SqliteStorage, sqlite3
 from tests.conftest import BASE, ROOT, TEST_MACHINES, TOKENS, free_port, headers, service_config
 from tests.receivers import Receiver, Reply, rows, verify_signature
 
@@ -302,7 +302,7 @@ def test_create_app_inside_another_command_starts_no_dispatcher(tmp_path, name):
         app = create_app({**service_config(tmp_path / "p.db"),
                           "PARTICIPANTS_DISPATCHER": "embedded"})
     assert app.extensions["participants"].embedded is None
-    app.extensions["participants"].store.close()
+    app.extensions["participants"].storage.close()
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def test_the_settings_are_case_and_space_tolerant(tmp_path):
                       "PARTICIPANTS_DISPATCHER_POLL_SECONDS": "0.25"})
     participants = app.extensions["participants"]
     assert participants.embedded is None and participants.poll_seconds == 0.25
-    participants.store.close()
+    participants.storage.close()
 
 
 # -- an embedded dispatcher in this process ------------------------------------------------------
@@ -345,7 +345,7 @@ def embedded_app(tmp_path, machines):
     participants = app.extensions["participants"]
     yield app
     assert participants.embedded.stop()
-    participants.store.close()
+    participants.storage.close()
 
 
 def test_create_app_starts_a_dispatcher_that_commits_wake_at_once(embedded_app, receiver):
@@ -391,7 +391,7 @@ class LocalWork(Work):
 class Traced:
     """Every statement a thread runs on the store's real SQLite connections (trace callback)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: SqliteStorage):
         self.statements: list[tuple[str, str]] = []
         original = store.connect
 
@@ -428,7 +428,7 @@ def test_an_idle_dispatcher_takes_no_write_lock(app, client, receiver):
     assert rows(app, "SELECT state FROM participants WHERE id = ?", work.pid) == [
         ("onboarding:failedInspection",)]
 
-    traced = Traced(participants.store)
+    traced = Traced(participants.storage)
     dispatcher = participants.dispatcher()
     assert dispatcher.run_once() == 0
     assert Traced.writes(traced.of(threading.current_thread().name)) == []
@@ -449,7 +449,7 @@ def test_an_idle_dispatcher_takes_no_write_lock(app, client, receiver):
     assert 3 <= polls <= 12  # one read transaction per 0.1 s poll
     # BEGIN, three reads (batches, outbox, timers), COMMIT: the round itself never ran
     assert len(statements) <= 5 * polls
-    participants.store.close()
+    participants.storage.close()
 
 
 def test_the_poll_finds_another_process_commits(tmp_path, receiver):
@@ -462,7 +462,7 @@ def test_the_poll_finds_another_process_commits(tmp_path, receiver):
     here = create_app({**service_config(database), "TESTING": True})
     there = create_app({**service_config(database), "TESTING": True})
     participants = here.extensions["participants"]
-    traced = Traced(participants.store)
+    traced = Traced(participants.storage)
     dispatcher = participants.dispatcher()
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop, 0.3), name="polling-dispatcher")
@@ -482,7 +482,7 @@ def test_the_poll_finds_another_process_commits(tmp_path, receiver):
         dispatcher.wake()
         thread.join(timeout=5)
         for app in (here, there):
-            app.extensions["participants"].store.close()
+            app.extensions["participants"].storage.close()
     assert not thread.is_alive()
 
 
@@ -510,5 +510,5 @@ def test_a_retry_is_made_when_due_not_at_the_next_poll(tmp_path, receiver):
         stop.set()
         dispatcher.wake()
         thread.join(timeout=5)
-        participants.store.close()
+        participants.storage.close()
     assert not thread.is_alive()

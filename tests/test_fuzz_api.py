@@ -64,7 +64,7 @@ AUTH_EXAMPLES = scale(4, 40)  # generated requests per operation for each bad-au
 def server(tmp_path):
     """conftest's gunicorn, with no limit on the request line: gunicorn would answer a query
     string over 4,094 bytes itself (414, in HTML), and these suites check the service's own
-    limits (engine/queries.py LIMITS); its log is checked for tracebacks as there."""
+    limits (engine/service/queries.py LIMITS); its log is checked for tracebacks as there."""
     srv = Server(tmp_path / "participants.db",
                  extra_env={"GUNICORN_CMD_ARGS": "--limit-request-line 0"})
     yield srv
@@ -458,7 +458,8 @@ def _query(operator: str, *clauses: str) -> str:
 
 def _answerable(operator: str, key: str, value: str) -> bool:
     """Whether SPEC §3 answers this clause (its value within the limits): a queryable key and a
-    value of the operator's type. Written from the spec, as an oracle of engine/queries.py."""
+    value of the operator's type. Written from the spec, as an oracle of
+    engine/service/queries.py."""
     if key not in ("name", "version", "registrationNumber"):
         return False
     if operator == "exists":
@@ -471,7 +472,7 @@ def _answerable(operator: str, key: str, value: str) -> bool:
 
 def hostile_list_requests():
     """(kind, query-string parameters, must be refused) for the list route."""
-    from engine.queries import LIMITS, OPERATORS
+    from engine.service.queries import LIMITS, OPERATORS
 
     for operator in OPERATORS:
         for key in QUERY_KEYS.values():
@@ -742,7 +743,7 @@ def _write_routes(tmp_path) -> tuple[list[tuple[str, str, str]], dict]:
         limits = {"default": app.config["MAX_CONTENT_LENGTH"],
                   "batch": getattr(app.extensions["participants"], "max_batch_bytes", None)}
     finally:
-        app.extensions["participants"].store.close()
+        app.extensions["participants"].storage.close()
     return routes, limits
 
 
@@ -947,7 +948,7 @@ def test_hostile_multipart_batches_are_4xx_and_write_nothing(app, client, parts,
     a 4xx error envelope, and nothing is stored."""
     if "batches.create_batch" not in {r.endpoint for r in app.url_map.iter_rules()}:
         pytest.skip("no batch routes")
-    database = Path(app.extensions["participants"].store.path)
+    database = Path(app.extensions["participants"].storage.path)
     before = ledger(database)
     response = client.open(f"{BASE}/vehicles/batch", method=method, headers=headers(),
                            data=parts + b"--b--\r\n",

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine.failures import HOOK_REJECTED
+from engine.model.failures import HOOK_REJECTED
 from tests.conftest import BASE, free_port, headers, service_config
 from tests.receivers import Receiver, Reply, rows
 
@@ -175,14 +175,14 @@ def test_a_hook_slower_than_the_hook_timeout_fails_the_operation(tmp_path, recei
         assert event["errorCode"] == HOOK_REJECTED.code
         assert "timed out" in event["errors"][0]["message"]
     finally:
-        app.extensions["participants"].store.close()
+        app.extensions["participants"].storage.close()
 
 
 def test_the_hook_is_called_before_the_write_outside_the_lock_with_templated_headers(
         app, client, vehicle, receiver):
     """At call time the participant is unchanged and the database is free to write."""
     seen = []
-    store = app.extensions["participants"].store
+    store = app.extensions["participants"].storage
 
     def inspect(_received):
         conn = store.connect()
@@ -242,7 +242,7 @@ def test_a_repeat_while_the_hook_is_slow_gets_409(app, client, vehicle, receiver
             results["first"] = app.test_client().put(target, json=body,
                                                       headers=headers(request_id="slow-1"))
         finally:
-            app.extensions["participants"].store.close()  # this thread's connection
+            app.extensions["participants"].storage.close()  # this thread's connection
 
     thread = threading.Thread(target=first)
     thread.start()

@@ -7,7 +7,7 @@ import re
 import jsonschema
 import pytest
 
-from engine.jsonschemas import CompiledSchema, ecma_pattern, ecma_patterns, portable
+from engine.model.jsonschemas import CompiledSchema, ecma_pattern, ecma_patterns, portable
 
 SCHEMAS = [
     ({"required": ["a"], "properties": {"a": {"const": True}}}, [{"a": True}, {"a": 1}, {}]),

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from engine.decisions import Change, decide
 from engine.errors import DefinitionError, UnknownParticipantType
 from engine.lint import lint_paths
-from engine.registry import load_registry
+from engine.loading.registry import load_registry
+from engine.model.decisions import Change, decide
 from tests.conftest import ROOT, TEST_MACHINES
 
 MACHINES = ROOT / "machines"

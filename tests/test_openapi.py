@@ -12,9 +12,9 @@ import pytest
 import referencing
 from referencing.jsonschema import DRAFT202012
 
-from engine import idempotency
-from engine.batches import BatchWorker
-from engine.store import now_ms
+from engine.jobs.batchworker import BatchWorker
+from engine.model.conventions import now_ms
+from engine.service import idempotency
 from tests.conftest import BASE, headers
 from webapp.http import OPENAPI
 
@@ -212,14 +212,10 @@ class Driver:
 
 def _reserve(app, method: str, url: str, body: dict, request_id: str) -> None:
     """Mark (tenant-a, request_id) as in flight for this request."""
-    conn = app.extensions["participants"].store.connect()
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        idempotency.reserve(conn, "tenant-a", request_id,
-                            idempotency.fingerprint(method, url, body), now_ms(), 60_000)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    with app.extensions["participants"].storage.write() as uow:
+        uow.idempotency.reserve("tenant-a", request_id,
+                                idempotency.fingerprint(method, url, body), now_ms(),
+                                now_ms() + 60_000)
 
 
 def _error_cases(call, app, method: str, url: str, body: dict | None, write: bool):

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from engine.outbound import OutboundRefused, check_url, is_public, parse_literal, send
+from engine.delivery.outbound import OutboundRefused, check_url, is_public, parse_literal, send
 from tests.conftest import BASE, headers, service_config
 from tests.receivers import Receiver, Reply, rows
 
@@ -142,7 +142,7 @@ def strict_app(tmp_path):
     app = create_app({**service_config(tmp_path / "strict.db"), "TESTING": True,
                       "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "0"})
     yield app
-    app.extensions["participants"].store.close()
+    app.extensions["participants"].storage.close()
 
 
 # -- check_url ----------------------------------------------------------------------------------

@@ -43,19 +43,20 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine import failures as F
-from engine.attributes import thaw
-from engine.commands import build
-from engine.conventions import CORE_EDITABLE, compact_json, index_value
-from engine.decisions import Change, Failure, Outcome, Snapshot, decide, merge_patch
 from engine.errors import ParticipantNotFound, RequestIdReused
-from engine.idempotency import fingerprint
+from engine.jobs.timers import Timers
 from engine.lint.runner import lint_documents
-from engine.registry import ParticipantType, build_definition
-from engine.service import Service, participant_id_for
-from engine.store import Store
-from engine.timers import Timers
-from engine.yamlfile import load_text
+from engine.loading.registry import build_definition
+from engine.loading.yamlfile import load_text
+from engine.model import failures as F
+from engine.model.attributes import thaw
+from engine.model.commands import build
+from engine.model.conventions import CORE_EDITABLE, compact_json, index_value
+from engine.model.decisions import Change, Failure, Outcome, Snapshot, decide, merge_patch
+from engine.model.types import ParticipantType
+from engine.service.idempotency import fingerprint
+from engine.service.participants import Service, participant_id_for
+from engine.storage.sqlite import SqliteStorage
 from tests.conftest import scale
 
 STATS: Counter = Counter()  # what the suites did, for the figures
@@ -394,7 +395,7 @@ class Lifecycle(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="properties-")
-        self.store: Store | None = None
+        self.store: SqliteStorage | None = None
 
     def teardown(self):
         if self.store is not None:
@@ -407,7 +408,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.ptype = compile_machine(data)
         self.plural = self.ptype.plural
         self.attributes = data["attributes"]
-        self.store = Store(Path(self.folder) / "participants.db", synchronous="OFF")
+        self.store = SqliteStorage(Path(self.folder) / "participants.db", synchronous="OFF")
         self.now = 1_700_000_000.0
         self.service = Service(self.store, clock=lambda: self.now)
         self.timers = Timers({self.plural: self.ptype}, self.service)

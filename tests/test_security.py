@@ -33,8 +33,8 @@ from contextlib import closing
 import pytest
 import requests
 
-from engine.outbound import OutboundRefused, check_url, parse_literal, send
-from engine.store import sqlite3
+from engine.delivery.outbound import OutboundRefused, check_url, parse_literal, send
+from engine.storage.sqlite import sqlite3
 from tests.conftest import BASE, headers, scale, service_config
 from tests.receivers import Receiver, Reply
 
@@ -73,7 +73,7 @@ def identity(tenant: str, token_kind: str, request_id: str | None = None) -> dic
 
 
 def connect(app):
-    return closing(app.extensions["participants"].store.connect())
+    return closing(app.extensions["participants"].storage.connect())
 
 
 def tenant_rows(app, tenant: str) -> dict[str, list]:
@@ -528,7 +528,7 @@ def test_callback_secret_appears_in_no_response_log_event_or_callback(server, tm
             with caplog.at_level(logging.DEBUG):
                 drain(delivery_app)
         finally:
-            delivery_app.extensions["participants"].store.close()
+            delivery_app.extensions["participants"].storage.close()
         receiver.wait_for(1, "/cb")
         statuses = Counter(r[0] for r in _outbox_statuses(database))
         assert statuses["delivered"] and statuses["failed"] and statuses["pending"], statuses
@@ -783,7 +783,7 @@ def test_ssrf_vectors_are_refused_and_never_reach_the_canary(monkeypatch, tmp_pa
                 refused += 1
             assert _event_count(strict) == 0
         finally:
-            strict.extensions["participants"].store.close()
+            strict.extensions["participants"].storage.close()
         assert canary.connections == 0
     figure("Outbound URLs (callbacks, hooks) never reach private or loopback addresses",
            f"SSRF vectors of tests/test_outbound.py refused by check_url, send() and the API: "

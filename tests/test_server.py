@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from engine.store import sqlite3
+from engine.storage.sqlite import sqlite3
 from tests.conftest import BASE, Server, headers, scale
 
 TIMEOUT = 60

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from engine.failures import ALREADY_EXISTS, INVALID_STATE_TRANSITION
-from engine.timers import TIMER_USER, Timers
+from engine.jobs.timers import TIMER_USER, Timers
+from engine.model.failures import ALREADY_EXISTS, INVALID_STATE_TRANSITION
 from tests.conftest import BASE, headers
 from tests.receivers import Receiver, rows, verify_signature
 
@@ -138,7 +138,7 @@ class _ClientFirst:
     """The service, with a client's write landing between the timer's read and its write."""
 
     def __init__(self, service, client_write):
-        self.service, self.store, self.client_write = service, service.store, client_write
+        self.service, self.storage, self.client_write = service, service.storage, client_write
 
     def execute(self, ptype, command, render):
         self.client_write()
@@ -191,7 +191,7 @@ def test_two_dispatchers_apply_a_due_timer_once(app, client):
             start.wait()
             dispatcher.run_once()
         finally:
-            participants.store.close()
+            participants.storage.close()
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from engine.yamlfile import MAX_FILE_BYTES, MAX_NODES, load_file, load_text
+from engine.loading.yamlfile import MAX_FILE_BYTES, MAX_NODES, load_file, load_text
 
 
 def rules(doc):

@@ -15,14 +15,20 @@ from flask import Flask, Response, current_app, g, request
 from flask.cli import with_appcontext
 from werkzeug.exceptions import HTTPException
 
-from engine.batches import BatchWorker
-from engine.conventions import compact_json
-from engine.dispatcher import DEFAULT_POLL_SECONDS, DEFAULT_SCHEDULE, DeliveryPolicy, Dispatcher
-from engine.hooks import HookCaller
-from engine.registry import Registry, load_registry
-from engine.service import Service
-from engine.store import Store
-from engine.timers import Timers
+from engine.delivery.hooks import HookCaller
+from engine.jobs.batchworker import BatchWorker
+from engine.jobs.dispatcher import (
+    DEFAULT_POLL_SECONDS,
+    DEFAULT_SCHEDULE,
+    DeliveryPolicy,
+    Dispatcher,
+)
+from engine.jobs.timers import Timers
+from engine.loading.registry import load_registry
+from engine.model.conventions import compact_json
+from engine.model.types import Registry
+from engine.service.participants import Service
+from engine.storage import Storage, open_storage
 
 from .embedded import MODES, EmbeddedDispatcher, serving, stop_on_sigterm
 from .errors import status_and_code
@@ -58,7 +64,7 @@ class Participants:
     """What the views share, kept in app.extensions['participants']."""
 
     types: Registry
-    store: Store
+    storage: Storage
     service: Service
     tokens: dict
     allow_private: bool
@@ -70,7 +76,7 @@ class Participants:
 
     def dispatcher(self, clock=time.time) -> Dispatcher:
         """A dispatcher for this app's outbox, timers and batches (one per thread or process)."""
-        return Dispatcher(self.store, allow_private=self.allow_private, policy=self.policy,
+        return Dispatcher(self.storage, allow_private=self.allow_private, policy=self.policy,
                           clock=clock, timers=Timers(self.types, self.service),
                           batches=BatchWorker(self.types, self.service, clock))
 
@@ -157,13 +163,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     poll_seconds = _seconds(config, "PARTICIPANTS_DISPATCHER_POLL_SECONDS")
 
     types = load_registry(config["PARTICIPANTS_MACHINES"])
-    store = Store(config["PARTICIPANTS_DATABASE"],
-                  synchronous=str(config["PARTICIPANTS_SYNCHRONOUS"]),
-                  busy_timeout_ms=_int(config, "PARTICIPANTS_BUSY_TIMEOUT_MS"))
+    storage = open_storage(str(config["PARTICIPANTS_DATABASE"]),
+                           synchronous=str(config["PARTICIPANTS_SYNCHRONOUS"]),
+                           busy_timeout_ms=_int(config, "PARTICIPANTS_BUSY_TIMEOUT_MS"))
     allow_private = _flag(config, "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS")
     hook_timeout = _int(config, "PARTICIPANTS_HOOK_TIMEOUT_SECONDS")
     service = Service(
-        store, idempotency_retention_ms=1000 * _int(
+        storage, idempotency_retention_ms=1000 * _int(
             config, "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS"),
         hooks=HookCaller(allow_private=allow_private, connect_timeout=min(5, hook_timeout),
                          read_timeout=hook_timeout))
@@ -171,7 +177,7 @@ def create_app(test_config: dict | None = None) -> Flask:
                             read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"),
                             lease_seconds=_int(config, "PARTICIPANTS_DELIVERY_LEASE_SECONDS"))
     participants = app.extensions["participants"] = Participants(
-        types, store, service, token_table(_tokens(config)), allow_private, policy,
+        types, storage, service, token_table(_tokens(config)), allow_private, policy,
         max_batch_items=_positive(config, "PARTICIPANTS_MAX_BATCH_ITEMS"),
         max_batch_bytes=_positive(config, "PARTICIPANTS_MAX_BATCH_BODY_BYTES"),
         poll_seconds=poll_seconds)
@@ -179,8 +185,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if gunicorn_log.handlers:  # under gunicorn, speak through its log
         log.handlers, log.propagate = gunicorn_log.handlers, False
         log.setLevel(gunicorn_log.level)
-    log.info("SQLite %s, schema version %d, database %s", store.sqlite_version,
-             store.schema_version, store.path)
+    log.info("%s, schema version %d", storage.describe(), storage.schema_version)
     if not app.extensions["participants"].tokens:
         log.warning("PARTICIPANTS_ACCESS_TOKENS is empty: every request will be refused (401)")
 
@@ -228,7 +233,10 @@ def dispatch_command(once: bool) -> None:
 
 def _handle_error(error: Exception) -> Response:
     status, code = status_and_code(error)
-    if status >= 500:
+    if status == 503:  # the database is away: no traceback, the client may retry
+        log.warning("%s %s: %s", request.method, request.path, error)
+        description = "the database is unavailable; the request was not applied, retry later"
+    elif status >= 500:
         log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
         description = "internal error; the request was not applied"
     elif isinstance(error, HTTPException):
@@ -245,6 +253,8 @@ def _handle_error(error: Exception) -> Response:
     }
     headers = {"Allow": ", ".join(error.valid_methods)} \
         if getattr(error, "valid_methods", None) else None
+    if status == 503:
+        headers = {"Retry-After": "1"}
     return Response(compact_json(body), status=status,
                     mimetype="application/json", headers=headers)
 

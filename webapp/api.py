@@ -6,12 +6,12 @@ import re
 
 from flask import Blueprint, Response, current_app, request
 
-from engine import commands, idempotency
-from engine.conventions import compact_json
+from engine.delivery.outbound import OutboundRefused, check_url
 from engine.errors import Issue, ParticipantNotFound
-from engine.outbound import OutboundRefused, check_url
-from engine.queries import LIMITS, OPERATORS, ListQuery
-from engine.queries import run as run_query
+from engine.model import commands
+from engine.model.conventions import compact_json
+from engine.service import idempotency
+from engine.service.queries import LIMITS, OPERATORS, ListQuery
 
 from . import views
 from .errors import BadRequest
@@ -142,7 +142,7 @@ def list_participants(plural):
     query = ListQuery(clauses, _int_arg("limit", 50, 1, LIMITS.limit),
                       _int_arg("offset", 0, 0, LIMITS.offset),
                       request.args.get("sortKey", "createdAt"), sort_by, tuple(select))
-    rows, total = run_query(_state().store.conn, ptype.definition, caller.tenant_id, query)
+    rows, total = _state().service.search(ptype, caller.tenant_id, query)
     return respond({"participants": [views.participant(p, select) for p in rows],
                     "meta": {"totalElements": total}})
 

@@ -11,10 +11,9 @@ import hashlib
 
 from flask import Blueprint, Response, g, request
 
-from engine import batchcsv, batches, idempotency
-from engine.batches import Item
 from engine.errors import Issue
-from engine.store import now_ms
+from engine.service import batchcsv, batches, idempotency
+from engine.service.batches import Item
 
 from .api import _caller, _check_urls, _state, _type, dumps, echo, respond, url_issues
 from .errors import BadRequest, TooLarge, UnsupportedMediaType
@@ -114,12 +113,12 @@ def _accept(kind: str, plural: str) -> Response:
     def render(batch_id: str) -> tuple[int, str]:
         return 202, dumps({"data": {"id": batch_id}, "request": request_echo})
 
-    status, body, _ = batches.accept(
-        state.store, tenant_id=caller.tenant_id, plural=plural, kind=kind,
+    status, body, _ = state.service.accept_batch(
+        tenant_id=caller.tenant_id, plural=plural, kind=kind,
         request_id=caller.request_id,
         fingerprint=idempotency.fingerprint(request.method, request.path, identity),
         items=items, user_info=caller.user_info, callback=callback,
-        callback_secret=caller.callback_secret, token=caller.token, now=now_ms(), render=render)
+        callback_secret=caller.callback_secret, token=caller.token, render=render)
     return Response(body, status=status, mimetype="application/json")
 
 
@@ -145,4 +144,4 @@ def batch_status(plural):
     if not batch_id:
         raise BadRequest("the query parameter batchId is required",
                          [Issue("$.batchId", "is required")])
-    return respond(batches.status(_state().store, caller.tenant_id, plural, batch_id))
+    return respond(_state().service.batch_status(caller.tenant_id, plural, batch_id))

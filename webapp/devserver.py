@@ -45,7 +45,7 @@ def main() -> int:
         return 1
     state = app.extensions["participants"]
     print(f"Participant Service: types {', '.join(state.types)}; "
-          f"SQLite {state.store.sqlite_version} at {state.store.path}")
+          f"{state.storage.describe()}")
     print(_example(app.config["PARTICIPANTS_BASE_PATH"]))
     # Callbacks, hooks, timers and batches: create_app started the embedded dispatcher (unless
     # PARTICIPANTS_DISPATCHER=off); it stops after the delivery in flight when the server exits,

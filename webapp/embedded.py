@@ -31,7 +31,7 @@ import click
 from flask.helpers import get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
-from engine.dispatcher import Dispatcher
+from engine.jobs.dispatcher import Dispatcher
 
 __all__ = ["MODES", "EmbeddedDispatcher", "serving"]
 

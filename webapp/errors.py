@@ -15,6 +15,7 @@ from engine.errors import (
     RequestInFlight,
     UnknownParticipantType,
 )
+from engine.storage import StorageUnavailable
 
 __all__ = ["ApiError", "BadRequest", "Unauthorized", "UnsupportedMediaType", "TooLarge",
            "status_and_code", "HTTP_CODES"]
@@ -65,6 +66,7 @@ TABLE: list[tuple[type[BaseException], int, str]] = [
     (RequestInFlight, 409, "101170024090"),
     (PreconditionFailed, 412, "101170024120"),
     (RequestIdReused, 422, "101170024220"),
+    (StorageUnavailable, 503, "101170025030"),
     (DefinitionError, 500, "101170025000"),
 ]
 

@@ -14,12 +14,12 @@ import referencing
 from flask import Request, g
 from referencing.jsonschema import DRAFT202012
 
-from engine.attributes import json_path
-from engine.conventions import CORE_EDITABLE, CORE_FIELDS
 from engine.errors import Issue
-from engine.jsonschemas import CompiledSchema, ecma_patterns
-from engine.strictjson import strict_loads
-from engine.yamlfile import load_text
+from engine.loading.yamlfile import load_text
+from engine.model.attributes import json_path
+from engine.model.conventions import CORE_EDITABLE, CORE_FIELDS
+from engine.model.jsonschemas import CompiledSchema, ecma_patterns
+from engine.model.strictjson import strict_loads
 
 from .errors import BadRequest, TooLarge, Unauthorized, UnsupportedMediaType
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.attributes import thaw
-from engine.definitions import NO_DEFAULT, Definition
-from engine.store import StoredParticipant
+from engine.model.attributes import thaw
+from engine.model.definitions import NO_DEFAULT, Definition
+from engine.storage.interface import StoredParticipant
 
 __all__ = ["participant", "participant_type", "state", "event_summary"]
 

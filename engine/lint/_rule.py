@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ..yamlfile import Document
+from engine.loading.yamlfile import Document
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,10 @@ import referencing
 import referencing.exceptions
 from referencing.jsonschema import DRAFT202012
 
-from ..attributes import compile_checks, run_checks
-from ..conventions import CORE_FIELDS
-from ..definitions import DATA_TYPES, attribute_from_config
+from engine.model.attributes import compile_checks, run_checks
+from engine.model.conventions import CORE_FIELDS
+from engine.model.definitions import DATA_TYPES, attribute_from_config
+
 from ._rule import Context, Finding, mapping, rule, sequence
 from .codes import suggest
 from .walk import conditions

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 
-from ..conventions import EVENT_CODE, REASON_CODE
+from engine.model.conventions import EVENT_CODE, REASON_CODE
+
 from ._rule import Context, Finding, mapping, rule, sequence
 from .walk import transitions
 

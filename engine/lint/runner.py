@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..yamlfile import Document, load_file
+from engine.loading.yamlfile import Document, load_file
+
 from . import attributes, codes, states, structure, templates, timers  # noqa: F401
 from ._rule import RULES, Context
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..conventions import EVENT_CODE
-from ..definitions import qualify
+from engine.model.conventions import EVENT_CODE
+from engine.model.definitions import qualify
+
 from ._rule import Context, Finding, mapping, rule, sequence
 from .codes import suggest
 from .walk import initial_state, sub_states, transitions

@@ -11,7 +11,8 @@ import jsonschema
 import referencing
 from referencing.jsonschema import DRAFT202012
 
-from ..conventions import EVENT_CODE_PATTERN, REASON_CODE_PATTERN
+from engine.model.conventions import EVENT_CODE_PATTERN, REASON_CODE_PATTERN
+
 from ._rule import Context, Finding, mapping, rule
 
 # Patterns reported by their own rules, with better messages (E101, E102, E501).

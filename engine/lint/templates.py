@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import jsonschema
 
-from ..attributes import compile_checks, run_checks
-from ..definitions import DATA_TYPES, attribute_from_config
+from engine.model.attributes import compile_checks, run_checks
+from engine.model.definitions import DATA_TYPES, attribute_from_config
+
 from ._rule import Context, Finding, mapping, rule, sequence
 from .codes import suggest
 

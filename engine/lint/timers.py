@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..definitions import parse_duration
+from engine.model.definitions import parse_duration
+
 from ._rule import Context, Finding, rule, sequence
 from .walk import sub_states
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..definitions import qualify
+from engine.model.definitions import qualify
+
 from ._rule import mapping, sequence
 
 

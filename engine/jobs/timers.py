@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from .commands import Command
-from .decisions import Change
-from .errors import EngineError
-from .registry import ParticipantType
-from .service import Service
+from engine.errors import EngineError
+from engine.model.commands import Command
+from engine.model.decisions import Change
+from engine.model.types import ParticipantType
+from engine.service.participants import Service
 
 __all__ = ["TIMER_USER", "Timers"]
 
@@ -39,26 +39,14 @@ class Timers:
                                   False))
         return waits
 
-    def next_due(self, conn, after: int | None = None) -> int | None:
+    def next_due(self, uow, after: int | None = None) -> int | None:
         """When the earliest timer is due (epoch ms), or None if no participant waits on one;
         with `after`, the earliest due later than that.
 
-        One statement of indexed reads (live participants by type, state and entry time), and
-        no write lock: the dispatcher asks this before deciding whether to run the timers."""
-        parts, params = [], []
-        for plural, state, wait_ms, skip_blocked in self._waits():
-            parts.append(
-                "SELECT (SELECT state_entered_at FROM participants WHERE type = ? AND state = ?"
-                " AND archived_at IS NULL"
-                + (" AND (timer_blocked_version IS NULL OR timer_blocked_version != version)"
-                   if skip_blocked else "")
-                + ("" if after is None else " AND state_entered_at > ?")
-                + " ORDER BY state_entered_at LIMIT 1) + ? AS due")
-            params += [plural, state] + ([] if after is None else [after - wait_ms]) + [wait_ms]
-        if not parts:
-            return None
-        return conn.execute(f"SELECT MIN(due) FROM ({' UNION ALL '.join(parts)})",
-                            params).fetchone()[0]
+        Indexed reads of live participants by type, state and entry time, and no write lock:
+        the dispatcher asks this before deciding whether to run the timers."""
+        waits = self._waits()
+        return uow.participants.next_timer(waits, after) if waits else None
 
     def run_due(self, now: float) -> int:
         """Apply every ttl and terminalTTL that is due at `now` (epoch seconds)."""
@@ -72,17 +60,13 @@ class Timers:
         return done
 
     def _expire(self, ptype: ParticipantType, sub, now_ms: int) -> int:
-        conn = self.service.store.conn
-        due = conn.execute(
-            "SELECT tenant_id, id, version, state_entered_at, unique_code FROM participants"
-            " WHERE type = ? AND state = ? AND state_entered_at <= ? AND archived_at IS NULL"
-            " AND (timer_blocked_version IS NULL OR timer_blocked_version != version)"
-            " ORDER BY state_entered_at LIMIT ?",
-            (ptype.plural, sub.qualified, now_ms - sub.ttl.seconds * 1000, self.batch),
-        ).fetchall()
-        for tenant_id, participant_id, version, entered, _code in due:
+        with self.service.storage.read() as uow:
+            due = uow.participants.due_timers(ptype.plural, sub.qualified,
+                                              now_ms - sub.ttl.seconds * 1000, self.batch)
+        for timer in due:
+            participant_id, version = timer.participant_id, timer.version
             command = Command(
-                kind="state", tenant_id=tenant_id, participant_id=participant_id,
+                kind="state", tenant_id=timer.tenant_id, participant_id=participant_id,
                 # One request id per (participant, version), so two dispatchers cannot both apply
                 # it; the '·' keeps it out of the printable-ASCII ids clients can send.
                 request_id=f"timer·ttl:{participant_id}:{version}",
@@ -90,7 +74,7 @@ class Timers:
                 change=Change(destination=sub.ttl.destination), user_info=TIMER_USER,
                 if_match=version, timer=True,
                 data={"ttl": sub.ttl.text, "fromState": sub.qualified,
-                      "toState": sub.ttl.destination, "stateEnteredAt": entered,
+                      "toState": sub.ttl.destination, "stateEnteredAt": timer.state_entered_at,
                       "source": {"appId": "participant-service", "userId": "state-timer"}},
             )
             try:
@@ -106,18 +90,13 @@ class Timers:
         terminal = [name for name, sub in definition.sub_states.items() if sub.terminal]
         if not terminal:
             return 0
-        marks = ",".join("?" * len(terminal))
-        where = (f"WHERE type = ? AND state IN ({marks}) AND state_entered_at <= ?"
-                 " AND archived_at IS NULL")
-        params = (ptype.plural, *terminal, now_ms - definition.terminal_ttl * 1000)
-        store = self.service.store
-        if store.conn.execute(f"SELECT 1 FROM participants {where} LIMIT 1",
-                              params).fetchone() is None:
-            return 0  # nothing to archive: no write lock taken to find that out
-        with store.write() as conn:
-            cursor = conn.execute(f"UPDATE participants SET archived_at = ? {where}",
-                                  (now_ms, *params))
-            archived = cursor.rowcount
-            if archived:
-                log.info("archived %d %s after terminalTTL", archived, ptype.plural)
+        before = now_ms - definition.terminal_ttl * 1000
+        storage = self.service.storage
+        with storage.read() as uow:
+            if not uow.participants.archivable(ptype.plural, terminal, before):
+                return 0  # nothing to archive: no write lock taken to find that out
+        with storage.write() as uow:
+            archived = uow.participants.archive(ptype.plural, terminal, before, now_ms)
+        if archived:
+            log.info("archived %d %s after terminalTTL", archived, ptype.plural)
         return archived

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 from transitions.extensions import GraphMachine
 
-from .attributes import json_path, thaw
-from .definitions import Condition, Definition
-from .errors import Issue
-from .jsonschemas import CompiledSchema
+from engine.errors import Issue
+from engine.model.attributes import json_path, thaw
+from engine.model.definitions import Condition, Definition
+from engine.model.jsonschemas import CompiledSchema
 
 __all__ = ["CompiledCondition", "StateMachine"]
 

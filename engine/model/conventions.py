@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 
-from .jsonschemas import ecma_pattern
+from engine.model.jsonschemas import ecma_pattern
 
 __all__ = ["CORE_EDITABLE", "CORE_FIELDS", "EVENT_CODE", "EVENT_CODE_PATTERN", "INT64",
            "REASON_CODE", "REASON_CODE_PATTERN", "compact_json", "index_value"]
@@ -46,3 +47,8 @@ def index_value(value):
 def compact_json(value, *, sort_keys: bool = False) -> str:
     """JSON text without spaces, non-ASCII kept as is: stored rows, answers, hook bodies."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys)
+
+
+def now_ms() -> int:
+    """The time as the engine stores it: epoch milliseconds."""
+    return time.time_ns() // 1_000_000

@@ -7,9 +7,9 @@ import math
 import re
 from collections.abc import Callable, Mapping
 
-from .definitions import Attribute, DataItem
-from .errors import Issue
-from .jsonschemas import CompiledSchema, ecma_pattern
+from engine.errors import Issue
+from engine.model.definitions import Attribute, DataItem
+from engine.model.jsonschemas import CompiledSchema, ecma_pattern
 
 __all__ = ["AttributeValidator", "ValueCheck", "compile_checks", "json_path", "thaw"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import os
 import random
@@ -13,9 +12,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .outbound import OutboundRefused, send
-from .signing import signature_headers
-from .store import Store
+from engine.delivery.outbound import OutboundRefused, send
+from engine.delivery.signing import signature_headers
+from engine.storage.interface import Claimed, Storage
 
 __all__ = ["DEFAULT_POLL_SECONDS", "DeliveryPolicy", "Dispatcher"]
 
@@ -49,27 +48,6 @@ class Attempt:
     retry_after: float | None = None
 
 
-_CLAIMABLE = """
-SELECT o.id FROM outbox o
-WHERE ((o.status = 'pending' AND o.next_attempt_at <= :now)
-       OR (o.status = 'leased' AND o.lease_until < :now))
-  AND NOT EXISTS (SELECT 1 FROM outbox p
-                  WHERE p.tenant_id = o.tenant_id AND p.participant_id = o.participant_id
-                    AND p.status IN ('pending', 'leased') AND p.id < o.id)
-ORDER BY o.id LIMIT :batch
-"""
-
-# When the outbox next has something due: the earliest pending attempt, or the first lease to
-# expire (a row leased until T can be claimed from T + 1). Both are reads of the status index.
-_OUTBOX_DUE = """
-SELECT MIN(due) FROM (
-  SELECT MIN(next_attempt_at) AS due FROM outbox
-  WHERE status = 'pending' AND next_attempt_at > :after
-  UNION ALL
-  SELECT MIN(lease_until) + 1 FROM outbox WHERE status = 'leased' AND lease_until >= :after)
-"""
-
-
 def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
@@ -85,10 +63,10 @@ def _retry_after(value: str | None, now: float) -> float | None:
 class Dispatcher:
     """Claims due outbox rows with a lease, delivers them, and records every attempt."""
 
-    def __init__(self, store: Store, *, allow_private: bool = False,
+    def __init__(self, storage: Storage, *, allow_private: bool = False,
                  policy: DeliveryPolicy | None = None, clock: Callable[[], float] = time.time,
                  timers=None, batches=None, sender=send):
-        self.store = store
+        self.storage = storage
         self.allow_private = allow_private
         self.policy = policy or DeliveryPolicy()
         self.clock = clock
@@ -102,38 +80,27 @@ class Dispatcher:
 
     # -- claiming ----------------------------------------------------------------------------
 
-    def claim(self) -> list[tuple]:
+    def claim(self) -> list[Claimed]:
         """Lease up to `batch` due rows, at most one per participant, oldest first.
 
         A read finds out first whether any row is claimable, so an idle dispatcher never takes
         the write lock."""
         now = self._now_ms()
-        if self.store.conn.execute(_CLAIMABLE, {"now": now, "batch": 1}).fetchone() is None:
-            return []
-        with self.store.write() as conn:
-            ids = [r[0] for r in conn.execute(_CLAIMABLE, {"now": now,
-                                                           "batch": self.policy.batch})]
-            if not ids:
+        with self.storage.read() as uow:
+            if not uow.outbox.claimable(now):
                 return []
-            marks = ",".join("?" * len(ids))
-            conn.execute(
-                f"UPDATE outbox SET status = 'leased', lease_until = ?, lease_owner = ?"
-                f" WHERE id IN ({marks})",
-                [now + self.policy.lease_seconds * 1000, self.owner, *ids])
-            return conn.execute(
-                "SELECT o.id, o.event_id, o.kind, o.url, o.secret, o.attempts, o.method,"
-                " o.headers, COALESCE(o.payload, e.body) FROM outbox o"
-                f" LEFT JOIN events e ON e.id = o.event_id WHERE o.id IN ({marks}) ORDER BY o.id",
-                ids).fetchall()
+        with self.storage.write() as uow:
+            return uow.outbox.claim(now, self.policy.batch,
+                                    now + self.policy.lease_seconds * 1000, self.owner)
 
     # -- delivering --------------------------------------------------------------------------
 
-    def attempt(self, row) -> Attempt:
+    def attempt(self, row: Claimed) -> Attempt:
         """One HTTP attempt for a claimed row; never raises for network trouble."""
-        _id, event_id, _kind, url, secret, _attempts, method, headers_json, payload = row
-        body = (payload or "").encode("utf-8")
-        headers = json.loads(headers_json) if headers_json else {}
-        headers.update(signature_headers(secret, event_id, int(self.clock()), body))
+        url, method = row.url, row.method
+        body = row.body.encode("utf-8")
+        headers = dict(row.headers or {})
+        headers.update(signature_headers(row.secret, row.event_id, int(self.clock()), body))
         headers["Content-Type"] = "application/json"
         started = time.monotonic()
         try:
@@ -158,37 +125,27 @@ class Dispatcher:
     def _since(started: float) -> int:
         return int((time.monotonic() - started) * 1000)
 
-    def record(self, row, result: Attempt) -> str:
+    def record(self, row: Claimed, result: Attempt) -> str:
         """Store the attempt and the row's new status (only while we still hold its lease)."""
-        outbox_id, attempts = row[0], row[5] + 1
+        attempts = row.attempts + 1
         now = self._now_ms()
         outcome = result.outcome
         if outcome == "retry" and attempts >= self.policy.attempts:
             outcome = "failed"
-        with self.store.write() as conn:
-            conn.execute(
-                "INSERT INTO deliveries (outbox_id, attempt, at, status_code, error, duration_ms,"
-                " outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (outbox_id, attempts, now, result.status_code, result.error, result.duration_ms,
-                 outcome))
+        with self.storage.write() as uow:
+            uow.outbox.record(row, attempts, now, result.status_code, result.error,
+                              result.duration_ms, outcome)
             if outcome == "retry":
                 delay = self.policy.schedule[attempts - 1]
                 delay *= 1 + random.uniform(-self.policy.jitter, self.policy.jitter)
                 if result.retry_after is not None:
                     delay = max(delay, min(result.retry_after, self.policy.max_delay))
-                conn.execute(
-                    "UPDATE outbox SET status = 'pending', attempts = ?, next_attempt_at = ?,"
-                    " last_error = ?, lease_until = NULL, lease_owner = NULL"
-                    " WHERE id = ? AND lease_owner = ?",
-                    (attempts, now + int(delay * 1000), result.error, outbox_id, self.owner))
+                uow.outbox.retry(row, self.owner, attempts, now + int(delay * 1000),
+                                 result.error)
             else:
                 # Delivered or given up: the secret and any header tokens are no longer needed.
-                conn.execute(
-                    "UPDATE outbox SET status = ?, attempts = ?, last_error = ?,"
-                    " delivered_at = ?, secret = NULL, headers = NULL, lease_until = NULL,"
-                    " lease_owner = NULL WHERE id = ? AND lease_owner = ?",
-                    (outcome, attempts, result.error, now if outcome == "delivered" else None,
-                     outbox_id, self.owner))
+                uow.outbox.finish(row, self.owner, outcome, attempts, result.error,
+                                  now if outcome == "delivered" else None)
         return outcome
 
     # -- looking for work without the write lock ----------------------------------------------
@@ -199,20 +156,19 @@ class Dispatcher:
         `after`, only what falls due later than that counts (batches never do).
 
         A few indexed reads in one snapshot; never the write lock."""
-        with self.store.read() as conn:
-            if after is None and self.batches is not None and self.batches.due(conn):
+        with self.storage.read() as uow:
+            if after is None and self.batches is not None and self.batches.due(uow):
                 return self._now_ms()
-            due = conn.execute(_OUTBOX_DUE, {"after": -1 if after is None else after}
-                               ).fetchone()[0]
+            due = uow.outbox.next_due(-1 if after is None else after)
             if self.timers is not None:
-                timer = self.timers.next_due(conn, after)
+                timer = self.timers.next_due(uow, after)
                 if timer is not None and (due is None or timer < due):
                     due = timer
         return due
 
     def wake(self) -> None:
         """Make a waiting `run` look for work now (and notice that its stop event is set)."""
-        self.store.doorbell.ring()
+        self.storage.doorbell.ring()
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -240,12 +196,10 @@ class Dispatcher:
             self.record(row, self.attempt(row))
         return applied + len(rows)
 
-    def release(self, rows) -> None:
+    def release(self, rows: list[Claimed]) -> None:
         """Give back leases we will not use (on shutdown), so others need not wait them out."""
-        with self.store.write() as conn:
-            conn.executemany(
-                "UPDATE outbox SET status = 'pending', lease_until = NULL, lease_owner = NULL"
-                " WHERE id = ? AND lease_owner = ?", [(row[0], self.owner) for row in rows])
+        with self.storage.write() as uow:
+            uow.outbox.release(rows, self.owner)
 
     def run(self, stop: threading.Event, idle: float = DEFAULT_POLL_SECONDS) -> None:
         """Loop until `stop` is set; an in-flight delivery is always finished first.
@@ -257,7 +211,7 @@ class Dispatcher:
         call `wake()` to stop at once; `stop` alone is seen within `idle` seconds.
         """
         log.info("dispatcher %s started", self.owner)
-        bell = self.store.doorbell
+        bell = self.storage.doorbell
         try:
             while not stop.is_set():
                 seen = bell.rings
@@ -277,5 +231,5 @@ class Dispatcher:
                 wait = idle if due is None else min(idle, (due - self._now_ms()) / 1000)
                 bell.wait(seen, max(wait, 0.001))
         finally:
-            self.store.close()  # this thread's connection
+            self.storage.close()  # this thread's connection
             log.info("dispatcher %s stopped", self.owner)

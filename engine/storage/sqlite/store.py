@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.db import sqlite3
 
-from .doorbell import Doorbell
+from engine.storage.doorbell import Doorbell
 
 try:
     import fcntl

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .conventions import CORE_EDITABLE, REASON_CODE
-from .decisions import Change
-from .errors import Issue
+from engine.errors import Issue
+from engine.model.conventions import CORE_EDITABLE, REASON_CODE
+from engine.model.decisions import Change
 
 __all__ = ["Command", "build", "replace_fields"]
 

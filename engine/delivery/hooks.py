@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
-from .commands import Command, replace_fields
-from .conventions import compact_json
-from .errors import Issue
-from .outbound import OutboundRefused, send
+from engine.delivery.outbound import OutboundRefused, send
+from engine.errors import Issue
+from engine.model.commands import Command, replace_fields
+from engine.model.conventions import compact_json
 
 __all__ = ["HookCaller", "expand_headers", "hook_body"]
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from .attributes import AttributeValidator, compile_checks
-from .definitions import (
+from engine.errors import DefinitionError
+from engine.lint.runner import collect_files, lint_documents
+from engine.loading.yamlfile import load_file
+from engine.model.definitions import (
     Category,
     Condition,
     Definition,
@@ -25,12 +25,9 @@ from .definitions import (
     qualify,
     template_from_config,
 )
-from .errors import DefinitionError, UnknownParticipantType
-from .lint.runner import collect_files, lint_documents
-from .statemachine import StateMachine
-from .yamlfile import load_file
+from engine.model.types import ParticipantType, Registry
 
-__all__ = ["ParticipantType", "Registry", "build_definition", "load_registry"]
+__all__ = ["build_definition", "load_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -103,50 +100,6 @@ def build_definition(data: dict, codes: dict | None, source: str = "") -> Defini
         terminal_ttl_text=terminal_ttl,
         templates=MappingProxyType(templates),
     )
-
-
-@dataclass(frozen=True)
-class ParticipantType:
-    """A loaded type: its definition with validators and state machine compiled once."""
-
-    definition: Definition
-    attributes: AttributeValidator
-    machine: StateMachine
-    event_data: Mapping[str, tuple]  # event code -> ((DataItem, checks), ...)
-    templates: Mapping[str, AttributeValidator]  # template id -> its overrides, compiled
-
-    @classmethod
-    def compile(cls, definition: Definition) -> ParticipantType:
-        event_data = {code: tuple((item, compile_checks(item)) for item in event.data_validations)
-                      for code, event in definition.events.items()}
-        templates = {tid: AttributeValidator(definition.plural, t.attributes)
-                     for tid, t in definition.templates.items()}
-        return cls(definition, AttributeValidator(definition.plural, definition.attributes),
-                   StateMachine(definition), MappingProxyType(event_data),
-                   MappingProxyType(templates))
-
-    @property
-    def plural(self) -> str:
-        return self.definition.plural
-
-
-class Registry(Mapping):
-    """The loaded participant types by plural name."""
-
-    def __init__(self, types: dict[str, ParticipantType]):
-        self._types = dict(types)
-
-    def __getitem__(self, plural: str) -> ParticipantType:
-        try:
-            return self._types[plural]
-        except KeyError:
-            raise UnknownParticipantType(plural) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._types)
-
-    def __len__(self) -> int:
-        return len(self._types)
 
 
 def load_registry(folder: Path | str) -> Registry:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import failures as F
-from .attributes import json_path, run_checks
-from .conventions import CORE_EDITABLE
-from .definitions import Definition
-from .errors import Issue
-from .failures import FailureKind
-from .registry import ParticipantType
+from engine.errors import Issue
+from engine.model import failures as F
+from engine.model.attributes import json_path, run_checks
+from engine.model.conventions import CORE_EDITABLE
+from engine.model.definitions import Definition
+from engine.model.failures import FailureKind
+from engine.model.types import ParticipantType
 
 __all__ = ["Change", "Failure", "Outcome", "Snapshot", "decide", "merge_patch"]
 

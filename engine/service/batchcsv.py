@@ -15,11 +15,11 @@ import io
 import math
 import re
 
-from .batches import Item
-from .conventions import CORE_EDITABLE
-from .definitions import Definition
-from .errors import EngineError, Issue
-from .strictjson import strict_loads
+from engine.errors import EngineError, Issue
+from engine.model.conventions import CORE_EDITABLE
+from engine.model.definitions import Definition
+from engine.model.strictjson import strict_loads
+from engine.service.batches import Item
 
 __all__ = ["BatchFileError", "CORE_COLUMNS", "KEY_COLUMN", "TRANSITION_COLUMNS", "parse"]
 

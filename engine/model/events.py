@@ -1,16 +1,14 @@
-"""The event envelope (the seed's shape) and the append-only log."""
+"""The event envelope, in the seed's shape (the log itself is the storage's)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from .conventions import compact_json
-from .definitions import Definition
+from engine.model.definitions import Definition
 
-__all__ = ["COMMANDS", "EventContext", "append", "envelope", "history", "entity"]
+__all__ = ["COMMANDS", "EventContext", "envelope", "entity"]
 
 DOMAIN = "participants"
 EVENT_VERSION = "1.0.0"
@@ -123,40 +121,3 @@ def envelope(*, definition: Definition, kind: str, ctx: EventContext, participan
     if not success:
         record["errors"] = errors or []
     return record
-
-
-def next_sequence(conn, tenant_id: str, participant_id: str) -> int:
-    row = conn.execute(
-        "SELECT MAX(sequence) FROM events WHERE tenant_id = ? AND participant_id = ?",
-        (tenant_id, participant_id),
-    ).fetchone()
-    return (row[0] or 0) + 1
-
-
-def append(conn, record: dict) -> str:
-    """Insert one event; returns its body as stored."""
-    body = compact_json(record)
-    conn.execute(
-        "INSERT INTO events (id, tenant_id, participant_id, participant_type, sequence, version,"
-        " command_name, success, request_id, created_at, body)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (record["event"]["id"], record["tenantId"], record["entityInstanceId"],
-         record["entityName"], record["sequence"], record["version"], record["commandName"],
-         int(record["payloadValidated"]), record["requestId"], record["createdAt"], body),
-    )
-    return body
-
-
-def history(conn, tenant_id: str, participant_id: str, limit: int, offset: int
-            ) -> tuple[list[dict], int]:
-    """A page of one participant's events, oldest first, and their total count."""
-    total = conn.execute(
-        "SELECT COUNT(*) FROM events WHERE tenant_id = ? AND participant_id = ?",
-        (tenant_id, participant_id),
-    ).fetchone()[0]
-    rows = conn.execute(
-        "SELECT body FROM events WHERE tenant_id = ? AND participant_id = ?"
-        " ORDER BY sequence LIMIT ? OFFSET ?",
-        (tenant_id, participant_id, limit, offset),
-    ).fetchall()
-    return [json.loads(r[0]) for r in rows], total

@@ -1,0 +1,1 @@
+"""Outbound HTTP: address checks, Standard Webhooks signatures, onRequest and onError hooks."""
