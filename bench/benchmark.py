@@ -2,7 +2,7 @@
 
 Usage (from the repository root, with the project's environment):
 
-    python bench/benchmark.py [--seconds N] [--threads T] [--dir PATH]
+    python bench/benchmark.py [--seconds N] [--threads T] [--dir PATH] [--postgres URL|off]
 
 One run measures and prints, each for N seconds (default 5) after a short warm-up:
 
@@ -16,8 +16,15 @@ One run measures and prints, each for N seconds (default 5) after a short warm-u
    with its own vehicle and a new connection per request, as sync workers close it): the minimal
    Flask JSON endpoint of bench/minimal_app.py against the real combined
    `PUT /core/api/v2/participants/vehicles/{id}`. Requests/s, p50, p99 and the ratios.
-3. Part 1 again with synchronous=NORMAL, for reference (an acknowledged write may then be lost
+3. Part 1 on PostgreSQL (synchronous_commit=on, as durable as SQLite's FULL): the same raw
+   transaction through psycopg (SELECT ... FOR UPDATE, UPDATE, INSERT, COMMIT) against the
+   engine's combined update on the PostgreSQL backend.
+4. Part 2 with the service on PostgreSQL.
+5. Part 1 again with synchronous=NORMAL, for reference (an acknowledged write may then be lost
    on power failure, though never corrupted).
+
+Parts 3 and 4 run in schemas of their own, made and dropped in the --postgres database (default:
+the local test server); `--postgres off` leaves them out.
 
 The vehicles type is the shipped one in machines/. Databases live in a temporary folder (under
 --dir when given; its file system decides what an fsync costs), removed at the end along with
@@ -53,13 +60,30 @@ from engine.loading.registry import load_registry  # noqa: E402
 from engine.model.commands import build  # noqa: E402
 from engine.service import idempotency  # noqa: E402
 from engine.service.participants import Service  # noqa: E402
-from engine.storage.sqlite import SqliteStorage, sqlite3  # noqa: E402
+from engine.storage import open_storage  # noqa: E402
+from engine.storage.sqlite import sqlite3  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 MACHINES = ROOT / "machines"
 BASE = "/core/api/v2/participants"
 TENANT, TOKEN = "bench", "bench-token"
 WARM_UP_SECONDS = 0.5
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@contextmanager
+def postgres_schema(url: str) -> Iterator[str]:
+    """A schema of this run's own on `url`, as a URL whose search_path names it; dropped after."""
+    import psycopg
+
+    schema = f"bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            separator = "&" if "?" in url else "?"
+            yield f"{url}{separator}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 VEHICLE = {
     "registrationNumber": "KA01AB1234", "vin": "1HGCM82633A004352", "payloadCapacityKg": 9000,
@@ -179,11 +203,45 @@ def baseline(folder: Path, synchronous: str, seconds: float) -> Figures:
         conn.close()
 
 
-def engine(folder: Path, synchronous: str, seconds: float) -> Figures:
+def pg_baseline(url: str, seconds: float) -> Figures:
+    """psycopg, one transaction: read a row by key; update it; insert a row; commit."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id text PRIMARY KEY, version bigint NOT NULL,"
+                     " body text NOT NULL)")
+        conn.execute("CREATE TABLE log (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                     " item_id text NOT NULL, version bigint NOT NULL, body text NOT NULL)")
+        conn.execute("CREATE INDEX log_item ON log (item_id, version)")
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO items VALUES (%s, 1, %s)",
+                               [(f"item-{i}", json.dumps(VEHICLE)) for i in range(1000)])
+        event = json.dumps({"event": "x" * 1500})
+        counter = iter(range(10**12))
+
+        def step(key: str) -> bool:
+            with conn.transaction():
+                version, body = conn.execute("SELECT version, body FROM items WHERE id = %s"
+                                             " FOR UPDATE", (key,)).fetchone()
+                updated = conn.execute("UPDATE items SET version = version + 1, body = %s"
+                                       " WHERE id = %s AND version = %s",
+                                       (body, key, version)).rowcount
+                conn.execute("INSERT INTO log (item_id, version, body) VALUES (%s, %s, %s)",
+                             (key, version + 1, event))
+            return updated == 1
+
+        return measure("raw psycopg transaction (synchronous_commit=on)", seconds, step,
+                       lambda: f"item-{next(counter) % 1000}")
+
+
+def engine(folder: Path, synchronous: str, seconds: float, database: str | None = None
+           ) -> Figures:
     """Service.execute of combined updates on one vehicle, each with a new request id."""
     ptype = load_registry(MACHINES)["vehicles"]
-    store = SqliteStorage(folder / f"engine-{synchronous}.db", synchronous=synchronous)
+    store = open_storage(database or str(folder / f"engine-{synchronous}.db"),
+                         synchronous=synchronous)
     service = Service(store)
+    backend = "PostgreSQL" if database else synchronous
 
     def run(kind: str, body: dict, participant_id: str | None = None) -> dict:
         request_id = str(uuid.uuid4())
@@ -217,7 +275,7 @@ def engine(folder: Path, synchronous: str, seconds: float) -> Figures:
         def step(command) -> bool:
             return '"ok": true' in service.execute(ptype, command, render).body
 
-        return measure(f"engine combined update ({synchronous})", seconds, step, prepare)
+        return measure(f"engine combined update ({backend})", seconds, step, prepare)
     finally:
         store.close()
 
@@ -353,8 +411,8 @@ def load(label: str, port: int, threads: int, seconds: float,
     return Figures(label, len(merged), elapsed, merged, sum(failures))
 
 
-def over_http(folder: Path, threads: int, seconds: float, workers: int
-              ) -> tuple[Figures, Figures]:
+def over_http(folder: Path, threads: int, seconds: float, workers: int,
+              database: str | None = None) -> tuple[Figures, Figures]:
     with gunicorn("minimal_app:app", folder / "minimal.log", cwd=BENCH, env={},
                   workers=workers) as port:
         def minimal(n: int, i: int):
@@ -363,7 +421,7 @@ def over_http(folder: Path, threads: int, seconds: float, workers: int
         plain = load("minimal Flask JSON endpoint", port, threads, seconds, minimal,
                      lambda status, raw: status == 202)
 
-    env = {"PARTICIPANTS_DATABASE": str(folder / "http.db"),
+    env = {"PARTICIPANTS_DATABASE": database or str(folder / "http.db"),
            "PARTICIPANTS_MACHINES": str(MACHINES),
            "PARTICIPANTS_ACCESS_TOKENS": json.dumps({TOKEN: TENANT}),
            "PARTICIPANTS_SYNCHRONOUS": "FULL"}
@@ -407,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="HTTP client threads (default 4)")
     parser.add_argument("--workers", type=int, default=2,
                         help="gunicorn sync workers (default 2)")
+    parser.add_argument("--postgres", default=POSTGRES, metavar="URL",
+                        help="PostgreSQL database to measure in (a schema of its own is made "
+                             f"and dropped; default {POSTGRES}); 'off' skips PostgreSQL")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the temporary databases go (default: the system's temp)")
     args = parser.parse_args(argv)
@@ -437,14 +498,36 @@ def main(argv: list[str] | None = None) -> int:
         print(service.row("req/s"))
         print(ratio(service, plain, "service / minimal endpoint", "requests/s"))
         print()
-        print("3. For reference: part 1 with synchronous=NORMAL")
+        figures = [base_full, engine_full, plain, service]
+        if args.postgres != "off":
+            print()
+            print("3. One write transaction in-process, PostgreSQL (synchronous_commit=on)")
+            with postgres_schema(args.postgres) as url:
+                base_pg = pg_baseline(url, args.seconds)
+            with postgres_schema(args.postgres) as url:
+                engine_pg = engine(folder, "FULL", args.seconds, url)
+            print(base_pg.row("ops/s"))
+            print(engine_pg.row("ops/s"))
+            print(ratio(engine_pg, base_pg, "engine / baseline", "ops/s"))
+            print()
+            print(f"4. HTTP on loopback, PostgreSQL: gunicorn, {args.workers} sync workers, "
+                  f"{args.threads} client threads")
+            with postgres_schema(args.postgres) as url:
+                plain_pg, service_pg = over_http(folder, args.threads, args.seconds,
+                                                 args.workers, url)
+            print(plain_pg.row("req/s"))
+            print(service_pg.row("req/s"))
+            print(ratio(service_pg, plain_pg, "service / minimal endpoint", "requests/s"))
+            figures += [base_pg, engine_pg, plain_pg, service_pg]
+        print()
+        print("5. For reference: part 1 with synchronous=NORMAL")
         base_normal = baseline(folder, "NORMAL", args.seconds)
         engine_normal = engine(folder, "NORMAL", args.seconds)
         print(base_normal.row("ops/s"))
         print(engine_normal.row("ops/s"))
         print(ratio(engine_normal, base_normal, "engine / baseline", "ops/s"))
-        failed = sum(f.failures for f in (base_full, engine_full, plain, service, base_normal,
-                                          engine_normal))
+        figures += [base_normal, engine_normal]
+        failed = sum(f.failures for f in figures)
         if failed:
             print(f"\n{failed} operations did not succeed: the figures above are not valid.")
             return 1

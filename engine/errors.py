@@ -80,6 +80,16 @@ class RequestIdReused(EngineError):
                          "request; use a new request id")
 
 
+class UnstorableText(EngineError):
+    """A string or key of the request holds U+0000 (NUL), which no backend stores (PostgreSQL's
+    text refuses it), so both refuse it alike."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.issues = [Issue(path, "contains U+0000 (NUL), which the service does not store")]
+        super().__init__(f"{path} contains U+0000 (NUL), which the service does not store")
+
+
 class InvalidQuery(EngineError):
     """A list query names something that cannot be queried, or is malformed."""
 

@@ -1,4 +1,5 @@
-"""Test helpers for outbound HTTP: a loopback receiver that records requests, and outbox reads."""
+"""Test helpers for outbound HTTP: a loopback receiver that records requests, and signature
+checks. (`rows`, re-exported from tests/conftest.py, reads either backend's tables.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.conftest import rows
 
 __all__ = ["Received", "Receiver", "Reply", "rows", "verify_signature"]
 
@@ -182,12 +185,3 @@ def verify_signature(secret: str, received: Received) -> bool:
     expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     offered = received.headers.get("webhook-signature", "").split()
     return any(hmac.compare_digest(expected, s) for s in offered)
-
-
-def rows(app, sql: str, *params) -> list[tuple]:
-    """Run one query on a fresh connection to the app's database (never the app's own)."""
-    conn = app.extensions["participants"].storage.connect()
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import BASE, TEST_MACHINES, headers, service_config
+from tests.conftest import BASE, TEST_MACHINES, close_app, count, headers, make_app
 
 ALIAS = BASE.rsplit("/", 1)[0] + "/participant"
 TABLES = ("events", "participants", "idempotency", "attribute_index", "outbox")
@@ -32,11 +32,7 @@ EVERY_TARGET = pytest.mark.parametrize("target", list(TARGETS))
 
 def ledger(app) -> dict[str, int]:
     """Row counts of every table a write touches."""
-    conn = app.extensions["participants"].storage.connect()
-    try:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
-    finally:
-        conn.close()
+    return {t: count(app, t) for t in TABLES}
 
 
 def assert_envelope(response, status: int) -> dict:
@@ -191,14 +187,11 @@ def test_json_content_type_parameters_are_accepted(client, pid, content_type):
 
 
 @pytest.fixture
-def small_app(tmp_path):
+def small_app(database):
     """The service with PARTICIPANTS_MAX_BODY_BYTES = 1000."""
-    from webapp import create_app
-
-    application = create_app({**service_config(tmp_path / "small.db"),
-                              "PARTICIPANTS_MAX_BODY_BYTES": 1000, "TESTING": True})
+    application = make_app(database, PARTICIPANTS_MAX_BODY_BYTES=1000)
     yield application
-    application.extensions["participants"].storage.close()
+    close_app(application)
 
 
 @EVERY_TARGET
@@ -550,12 +543,10 @@ def test_refused_request_id_can_be_used_again(client, app, pid):
     assert good.json["data"]["event"]["payloadValidated"] is True
 
 
-def test_an_indexed_number_past_the_largest_double_is_stored_and_found(tmp_path):
+def test_an_indexed_number_past_the_largest_double_is_stored_and_found(tmp_path, database):
     """An integer of 401 digits in an indexed number attribute without a range is indexed as
     infinity (engine/model/conventions.py index_value) — it was a 500 — and a range query finds
     it."""
-    from webapp import create_app
-
     machines = tmp_path / "machines"
     shutil.copytree(TEST_MACHINES, machines)
     text = (machines / "vehicles.yaml").read_text()
@@ -563,8 +554,7 @@ def test_an_indexed_number_past_the_largest_double_is_stored_and_found(tmp_path)
     (machines / "vehicles.yaml").write_text(text.replace(
         "  verified: {dataType: boolean", "  score: {dataType: number, indexed: true}\n"
         "  verified: {dataType: boolean"))
-    application = create_app({**service_config(tmp_path / "huge.db"),
-                              "PARTICIPANTS_MACHINES": str(machines), "TESTING": True})
+    application = make_app(database, PARTICIPANTS_MACHINES=str(machines))
     try:
         client = application.test_client()
         body = ('{"uniqueCode": "V-HUGE", "properties": {"registrationNumber": "AB-1",'
@@ -579,4 +569,4 @@ def test_an_indexed_number_past_the_largest_double_is_stored_and_found(tmp_path)
         assert listed.status_code == 200, listed.get_data(as_text=True)
         assert [p["uniqueCode"] for p in listed.json["data"]["participants"]] == ["V-HUGE"]
     finally:
-        application.extensions["participants"].storage.close()
+        close_app(application)

@@ -9,7 +9,7 @@ import pytest
 from engine.service.queries import ListQuery
 from engine.storage.sqlite.queries import run as run_query
 from engine.storage.sqlite.repositories import PARTICIPANT_COLUMNS
-from tests.conftest import BASE, headers
+from tests.conftest import BASE, count, headers, rows
 
 ALIAS = BASE.rsplit("/", 1)[0] + "/participant"
 
@@ -41,14 +41,6 @@ def state_event(client, pid, event_code):
 
 def get(client, url, tenant="a", **params):
     return client.get(url, query_string=params, headers=headers(tenant))
-
-
-def count(app, table: str) -> int:
-    conn = app.extensions["participants"].storage.connect()
-    try:
-        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    finally:
-        conn.close()
 
 
 def codes(response) -> list[str]:
@@ -237,6 +229,10 @@ def test_participant_type_has_attributes_states_events_and_diagram(client):
 @pytest.fixture
 def fleet(client):
     """Four vehicles of tenant a (one without fuelType, one updated) and one of tenant b."""
+    return make_fleet(client)
+
+
+def make_fleet(client) -> dict[str, str]:
     ids = {
         "V-1": create(client, "V-1", properties={"registrationNumber": "AAA-111"},
                       name="Big Truck", owner="operators:1", category="truck",
@@ -475,9 +471,11 @@ class _RecordingConnection:
     {"terms": [{"key": "fuelType", "values": ["Diesel", "Electric"]}]},
     {"range": [{"key": "registrationNumber", "relation": "gte", "value": "B"}]},
 ], ids=["term", "terms", "range"])
-def test_indexed_attribute_lookup_uses_the_attribute_index(app, fleet, query):
-    """The SQL of an attribute query searches attribute_index through attribute_index_lookup."""
-    shared = app.extensions["participants"]
+def test_sqlite_indexed_attribute_lookup_uses_the_attribute_index(sqlite_app, query):
+    """The SQL of an attribute query searches attribute_index through attribute_index_lookup
+    (SQLite's query plan)."""
+    make_fleet(sqlite_app.test_client())
+    shared = sqlite_app.extensions["participants"]
     definition = shared.types["vehicles"].definition
     conn = shared.storage.connect()
     try:
@@ -672,10 +670,6 @@ def test_callback_secret_is_never_echoed_or_logged(client, app):
     for response in responses:
         assert secret not in response.get_data(as_text=True)
         assert secret not in str(response.headers)
-    conn = app.extensions["participants"].storage.connect()
-    try:
-        rows = conn.execute("SELECT * FROM events").fetchall()
-    finally:
-        conn.close()
-    assert len(rows) == 5
-    assert not any(secret in str(value) for row in rows for value in row)
+    stored = rows(app, "SELECT * FROM events")
+    assert len(stored) == 5
+    assert not any(secret in str(value) for row in stored for value in row)

@@ -11,8 +11,7 @@ import pytest
 from engine.model.conventions import now_ms
 from engine.service import idempotency
 from engine.service.participants import participant_id_for
-from engine.storage.sqlite import sqlite3
-from tests.conftest import BASE, headers
+from tests.conftest import BASE, close_app, count, headers, inspect, make_app, rows
 
 ALIAS = BASE.rsplit("/", 1)[0] + "/participant"
 REGISTERED = {"registrationNumber": "AB-1234"}
@@ -53,22 +52,10 @@ def outcome(response) -> dict:
 
 def stored_events(app, pid=None) -> list[dict]:
     """Event records straight from the events table, in append order."""
-    conn = app.extensions["participants"].storage.connect()
-    try:
-        sql, params = "SELECT body FROM events ORDER BY seq", ()
-        if pid is not None:
-            sql, params = "SELECT body FROM events WHERE participant_id = ? ORDER BY seq", (pid,)
-        return [json.loads(row[0]) for row in conn.execute(sql, params)]
-    finally:
-        conn.close()
-
-
-def count(app, table: str) -> int:
-    conn = app.extensions["participants"].storage.connect()
-    try:
-        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    finally:
-        conn.close()
+    if pid is None:
+        return [json.loads(body) for (body,) in rows(app, "SELECT body FROM events ORDER BY seq")]
+    return [json.loads(body) for (body,) in rows(
+        app, "SELECT body FROM events WHERE participant_id = ? ORDER BY seq", pid)]
 
 
 def activate(client, pid):
@@ -686,11 +673,22 @@ def test_expired_reservation_is_taken_over(client, app):
 
 _COLUMNS = ("id, tenant_id, participant_id, participant_type, sequence, version, command_name,"
             " success, request_id, created_at, body")
+# Statements both backends understand; each must be refused by the database itself.
 TAMPERING = [
     "UPDATE events SET body = '{}'",
     "UPDATE events SET version = version + 1 WHERE seq = 1",
+    "UPDATE events SET request_id = 'x' WHERE seq = (SELECT MAX(seq) FROM events)",
     "DELETE FROM events",
     "DELETE FROM events WHERE seq = 1",
+    f"INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM events WHERE seq = 1"
+    " ON CONFLICT (tenant_id, participant_id, sequence) DO UPDATE SET request_id = 'x'",
+    f"INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM events WHERE seq = 1"
+    " ON CONFLICT (tenant_id, participant_id, sequence) DO UPDATE"
+    " SET version = excluded.version + 1",
+]
+# SQLite's ways of replacing a row (REPLACE deletes the conflicting row without firing DELETE
+# triggers), and its upserts without a conflict target or on its single-column unique keys.
+SQLITE_TAMPERING = [
     "INSERT OR REPLACE INTO events SELECT * FROM events WHERE seq = 1",
     "REPLACE INTO events SELECT * FROM events WHERE seq = 1",
     f"INSERT OR REPLACE INTO events ({_COLUMNS}) SELECT 'other-id', tenant_id, participant_id,"
@@ -706,17 +704,35 @@ TAMPERING = [
 ]
 
 
-@pytest.mark.parametrize("statement", TAMPERING)
-def test_events_table_refuses_changes(client, app, statement):
-    """UPDATE, DELETE, REPLACE and upserts on events raise, and the table stays as it was."""
+def _refused_and_unchanged(app, client, statement) -> None:
     pid = create(client)["id"]
     outcome(update(client, pid, {"properties": {"axles": 3}}))
-    conn = app.extensions["participants"].storage.connect()
+    db = inspect(app)
+    before = db.rows(f"SELECT * FROM events {db.order_by('events')}")
+    assert len(before) == 2
+    with pytest.raises(db.errors) as refused:
+        db.execute(statement)
+    assert "append-only" in str(refused.value), refused.value
+    assert db.rows(f"SELECT * FROM events {db.order_by('events')}") == before
+
+
+@pytest.mark.parametrize("statement", TAMPERING)
+def test_events_table_refuses_changes(client, app, statement):
+    """UPDATE, DELETE and upserts on events raise, and the table stays as it was."""
+    _refused_and_unchanged(app, client, statement)
+
+
+@pytest.mark.parametrize("statement", SQLITE_TAMPERING)
+def test_sqlite_events_table_refuses_replace_and_upserts(sqlite_app, statement):
+    """SQLite's REPLACE and upserts on any of its unique keys raise too (a trigger refuses any
+    insert that would conflict)."""
+    _refused_and_unchanged(sqlite_app, sqlite_app.test_client(), statement)
+
+
+def test_postgres_events_table_refuses_truncate(postgres_database):
+    """PostgreSQL refuses TRUNCATE of the event table at the database level."""
+    application = make_app(postgres_database)
     try:
-        before = conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
-        assert len(before) == 2
-        with pytest.raises(sqlite3.DatabaseError):
-            conn.execute(statement)
-        assert conn.execute("SELECT * FROM events ORDER BY seq").fetchall() == before
+        _refused_and_unchanged(application, application.test_client(), "TRUNCATE events")
     finally:
-        conn.close()
+        close_app(application)

@@ -17,7 +17,7 @@ from engine.model.conventions import now_ms
 from engine.model.failures import INVALID_ATTRIBUTES, INVALID_STATE_TRANSITION
 from engine.service import batchcsv, idempotency
 from engine.service.batches import ITEM_SEPARATOR
-from tests.conftest import BASE, ROOT, service_config
+from tests.conftest import BASE, ROOT, close_app, make_app
 from tests.conftest import headers as make_headers
 from tests.receivers import Receiver, Reply, rows, verify_signature
 
@@ -82,9 +82,8 @@ def events(app, participant_id: str) -> list[dict]:
 
 
 def batch_events(app, batch_id: str) -> list[dict]:
-    return [json.loads(body) for (body,) in rows(
-        app, "SELECT body FROM events WHERE json_extract(body, '$.event.batchId') = ?"
-             " ORDER BY seq", batch_id)]
+    records = [json.loads(body) for (body,) in rows(app, "SELECT body FROM events ORDER BY seq")]
+    return [r for r in records if r["event"].get("batchId") == batch_id]
 
 
 def participant(client, participant_id: str):
@@ -335,13 +334,10 @@ def test_csv_cells_are_typed_by_data_type(data_type, text, value):
     assert batchcsv.typed(data_type, text) == value
 
 
-def test_example_files_apply_to_the_shipped_vehicles(tmp_path):
+def test_example_files_apply_to_the_shipped_vehicles(database):
     """examples/vehicles-create.csv then examples/vehicles-update.csv apply without failures."""
-    from webapp import create_app
-
-    app = create_app({**service_config(tmp_path / "p.db"),
-                      "PARTICIPANTS_MACHINES": str(ROOT / "machines"),
-                      "PARTICIPANTS_ACCESS_TOKENS": json.dumps({"demo-token": "demo"})})
+    app = make_app(database, PARTICIPANTS_MACHINES=str(ROOT / "machines"),
+                   PARTICIPANTS_ACCESS_TOKENS=json.dumps({"demo-token": "demo"}), TESTING=False)
     try:
         client = app.test_client()
         state = app.extensions["participants"]
@@ -359,7 +355,7 @@ def test_example_files_apply_to_the_shipped_vehicles(tmp_path):
             assert summary["meta"]["failed"] == 0, summary["errors"]
             assert summary["meta"]["success"] == summary["meta"]["total"] == 4
     finally:
-        app.extensions["participants"].storage.close()
+        close_app(app)
 
 
 # -- idempotency ----------------------------------------------------------------------------------
@@ -587,14 +583,9 @@ def test_no_callback_before_the_batch_completes(client, app, worker):
 # -- limits and refusals --------------------------------------------------------------------------
 
 @pytest.fixture
-def small_app(tmp_path):
-    from webapp import create_app
-
-    application = create_app({**service_config(tmp_path / "p.db"),
-                              "PARTICIPANTS_MAX_BATCH_ITEMS": "3",
-                              "PARTICIPANTS_MAX_BATCH_BODY_BYTES": "4096"})
-    yield application
-    application.extensions["participants"].storage.close()
+def small_app(apps):
+    return apps(PARTICIPANTS_MAX_BATCH_ITEMS="3", PARTICIPANTS_MAX_BATCH_BODY_BYTES="4096",
+                TESTING=False)
 
 
 def test_more_items_than_the_limit_is_413(small_app):
@@ -675,9 +666,10 @@ def test_the_dispatcher_applies_batches(client, app):
 
 # -- sharing the write lock -----------------------------------------------------------------------
 
-def test_foreground_writes_announce_themselves_and_background_ones_do_not(app):
-    """While a write waits or runs, writers_waiting() says so, unless it is a background one."""
-    store = app.extensions["participants"].storage
+def test_sqlite_foreground_writes_announce_themselves_and_background_ones_do_not(sqlite_app):
+    """While a write waits or runs, writers_waiting() says so, unless it is a background one
+    (SQLite: a shared flock on the writers' file)."""
+    store = sqlite_app.extensions["participants"].storage
     assert not store.writers_waiting()
     inside, leave = threading.Event(), threading.Event()
 
@@ -706,13 +698,15 @@ def test_foreground_writes_announce_themselves_and_background_ones_do_not(app):
     assert not store.writers_waiting()
 
 
-def test_the_worker_holds_off_while_writes_wait_but_never_stops(client, app):
-    """Before each item the worker waits for announced writes, at most max_hold_off."""
+def test_sqlite_the_worker_holds_off_while_writes_wait_but_never_stops(sqlite_app):
+    """Before each item the worker waits for announced writes, at most max_hold_off (SQLite:
+    what a waiting write holds is a shared flock on the writers' file)."""
     import fcntl
     import os
     import time
 
-    state = app.extensions["participants"]
+    client = sqlite_app.test_client()
+    state = sqlite_app.extensions["participants"]
     batch_id = accepted(submit(client, [{"uniqueCode": f"V-{i}", "properties": GOOD}
                                         for i in range(3)]))
     worker = BatchWorker(state.types, state.service, max_hold_off=0.05)

@@ -18,7 +18,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from engine.jobs.dispatcher import Attempt, DeliveryPolicy, Dispatcher
-from tests.conftest import BASE, headers, service_config
+from tests.conftest import BASE, headers, inspect
 from tests.receivers import Receiver, Reply, rows, verify_signature
 
 REGISTERED = {"registrationNumber": "AB-1234"}
@@ -33,27 +33,9 @@ def receiver():
 
 
 @pytest.fixture
-def make_app(tmp_path):
-    """Build apps with other settings (loopback receivers allowed); their stores are closed."""
-    from webapp import create_app
-
-    built = []
-
-    def build(**settings):
-        app = create_app({**service_config(tmp_path / f"app{len(built)}.db"), "TESTING": True,
-                          **settings})
-        built.append(app)
-        return app
-
-    yield build
-    for app in built:
-        app.extensions["participants"].storage.close()
-
-
-@pytest.fixture
-def quick_app(make_app):
+def quick_app(apps):
     """Retries are due at once: three retries after the first attempt."""
-    return make_app(PARTICIPANTS_DELIVERY_SCHEDULE="0,0,0")
+    return apps(PARTICIPANTS_DELIVERY_SCHEDULE="0,0,0")
 
 
 def create(client, code="V-1", callback_url=None, secret=None, **properties) -> dict:
@@ -92,13 +74,7 @@ def event_body(app, event_id) -> bytes:
 
 
 def outbox(app) -> list[dict]:
-    conn = app.extensions["participants"].storage.connect()
-    try:
-        cursor = conn.execute("SELECT * FROM outbox ORDER BY id")
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
-    finally:
-        conn.close()
+    return inspect(app).dicts("SELECT * FROM outbox ORDER BY id")
 
 
 def deliveries(app) -> list[tuple]:
@@ -372,9 +348,9 @@ def test_a_redirect_is_not_followed_and_counts_as_a_failed_attempt(quick_app, re
     assert receiver.received("/elsewhere") == []
 
 
-def test_a_slow_receiver_times_out_and_is_retried(make_app, receiver):
+def test_a_slow_receiver_times_out_and_is_retried(apps, receiver):
     """A receiver slower than PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS is a failed attempt."""
-    app = make_app(PARTICIPANTS_DELIVERY_SCHEDULE="0,0,0",
+    app = apps(PARTICIPANTS_DELIVERY_SCHEDULE="0,0,0",
                    PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS="1")
     receiver.program("/slow", Reply(200, delay=4), Reply(200))
     event = create(app.test_client(), callback_url=receiver.url("/slow"))
@@ -392,9 +368,9 @@ def test_a_slow_receiver_times_out_and_is_retried(make_app, receiver):
     assert outbox(app)[0]["status"] == "delivered"
 
 
-def test_after_the_last_attempt_the_row_is_failed_not_dropped(make_app, receiver):
+def test_after_the_last_attempt_the_row_is_failed_not_dropped(apps, receiver):
     """With a two-retry schedule, the third failed attempt marks the row failed and keeps it."""
-    app = make_app(PARTICIPANTS_DELIVERY_SCHEDULE="0,0")
+    app = apps(PARTICIPANTS_DELIVERY_SCHEDULE="0,0")
     receiver.program("/down", Reply(503))
     secret = "kept-until-given-up-" + secrets.token_hex(4)
     create(app.test_client(), callback_url=receiver.url("/down"), secret=secret)
@@ -410,9 +386,9 @@ def test_after_the_last_attempt_the_row_is_failed_not_dropped(make_app, receiver
         (1, 503, "retry"), (2, 503, "retry"), (3, 503, "failed")]
 
 
-def test_a_failed_row_does_not_block_the_participants_later_events(make_app, receiver):
+def test_a_failed_row_does_not_block_the_participants_later_events(apps, receiver):
     """Once an event's delivery has given up, the participant's next events still go out."""
-    app = make_app(PARTICIPANTS_DELIVERY_SCHEDULE="")
+    app = apps(PARTICIPANTS_DELIVERY_SCHEDULE="")
     receiver.program("/cb", Reply(500), Reply(200))
     client = app.test_client()
     pid = create(client, callback_url=receiver.url("/cb"))["pid"]

@@ -1,7 +1,7 @@
 """`flask --app webapp dispatch` as a process of its own: delivery, SIGTERM, and kill -9.
 
-The test writes events through an in-process app on the same SQLite file; the dispatcher
-process delivers them to a loopback receiver.
+The test writes events through an in-process app on the same database (SQLite or PostgreSQL);
+the dispatcher process delivers them to a loopback receiver.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BASE, ROOT, headers, service_config
+from tests.conftest import BASE, ROOT, close_app, headers, make_app, service_config
 from tests.receivers import Receiver, Reply, rows
 
 REGISTERED = {"registrationNumber": "AB-1234"}
@@ -25,8 +25,8 @@ SETTINGS = {"PARTICIPANTS_DELIVERY_SCHEDULE": "0,0,0"}
 class DispatchProcess:
     """One `flask --app webapp dispatch` process on the test's database."""
 
-    def __init__(self, database: Path, name: str):
-        self.log_path = database.with_name(f"{name}.log")
+    def __init__(self, database: str, log_path: Path):
+        self.log_path = log_path
         env = {**os.environ, **service_config(database), **SETTINGS}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -59,27 +59,20 @@ def receiver():
 
 
 @pytest.fixture
-def database(tmp_path) -> Path:
-    return tmp_path / "participants.db"
-
-
-@pytest.fixture
 def writer(database):
     """An in-process app on the same database, for writing events and reading tables."""
-    from webapp import create_app
-
-    app = create_app({**service_config(database), "TESTING": True, **SETTINGS})
+    app = make_app(database, **SETTINGS)
     yield app
-    app.extensions["participants"].storage.close()
+    close_app(app)
 
 
 @pytest.fixture
-def start(database):
+def start(database, tmp_path):
     """Start dispatcher processes; any still running at the end are killed and reaped."""
     started: list[DispatchProcess] = []
 
     def run(name: str = "dispatch") -> DispatchProcess:
-        started.append(DispatchProcess(database, f"{name}-{len(started)}"))
+        started.append(DispatchProcess(database, tmp_path / f"{name}-{len(started)}.log"))
         return started[-1]
 
     yield run

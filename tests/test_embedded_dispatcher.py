@@ -3,9 +3,10 @@
 A server started exactly as the SPEC says (`flask --app webapp run`, `gunicorn
 'webapp:create_app()'`), with nothing else running, delivers a signed callback, fires a ttl and
 completes a batch; with PARTICIPANTS_DISPATCHER=off it does none of that until a `flask --app
-webapp dispatch` process runs. In-process tests show that an idle dispatcher never takes the
-write lock (counted on the real SQLite connection with its trace callback), wakes at once on
-this process's commits and finds other processes' work by polling.
+webapp dispatch` process runs. In-process tests show that an idle dispatcher never opens a write
+transaction (counted on the storage interface on both backends, and on SQLite also statement by
+statement with the connection's trace callback), wakes at once on this process's commits and
+finds other processes' work by polling. Everything runs on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,14 +20,25 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 import pytest
 import requests
 
-from engine.storage.sqlite import SqliteStorage, sqlite3
-from tests.conftest import BASE, ROOT, TEST_MACHINES, TOKENS, free_port, headers, service_config
+from engine.storage.sqlite import SqliteStorage
+from tests.conftest import (
+    BASE,
+    ROOT,
+    TEST_MACHINES,
+    TOKENS,
+    close_app,
+    free_port,
+    headers,
+    make_app,
+    service_config,
+)
 from tests.receivers import Receiver, Reply, rows, verify_signature
 
 SECRET = "embedded-secret"
@@ -107,13 +119,13 @@ class Work:
         assert self.receiver.received() == []
 
 
-def environment(tmp_path: Path, machines: Path, **settings) -> dict:
+def environment(tmp_path: Path, machines: Path, database: str, **settings) -> dict:
     """The process environment of the SPEC's commands: the four settings (plus `settings`) and
     no other PARTICIPANTS_ or FLASK_ variable, so every other setting is its default."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PARTICIPANTS_", "FLASK_"))}
     env.update({
-        "PARTICIPANTS_DATABASE": str(tmp_path / "participants.db"),
+        "PARTICIPANTS_DATABASE": str(database),
         "PARTICIPANTS_MACHINES": str(machines),
         "PARTICIPANTS_ACCESS_TOKENS": json.dumps(TOKENS),
         "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "1",
@@ -183,46 +195,44 @@ def processes():
         process.kill()
 
 
-def server(start, tmp_path: Path, machines: Path, command: str, **settings) -> tuple:
+def server(start, tmp_path: Path, machines: Path, database: str, command: str,
+           **settings) -> tuple:
     """A server started exactly with one of the SPEC's commands; returns (process, base url)."""
     port = free_port()
     argv = {"flask run": ["flask", "--app", "webapp", "run", "--port", str(port)],
             "gunicorn": ["gunicorn", "webapp:create_app()", "-b", f"127.0.0.1:{port}"]}[command]
     base_url = f"http://127.0.0.1:{port}"
-    process = start(argv, environment(tmp_path, machines, **settings),
+    process = start(argv, environment(tmp_path, machines, database, **settings),
                     tmp_path / f"{command.replace(' ', '-')}.log",
                     ready_url=f"{base_url}{BASE}/participant-types")
     return process, base_url
 
 
-def no_claims_left(tmp_path: Path, delivered: int = 4) -> None:
+def no_claims_left(database: str, delivered: int = 4) -> None:
     """Every outbox row delivered (3 callbacks and a batch summary per Work): none leased."""
-    conn = sqlite3.connect(tmp_path / "participants.db")
-    try:
-        assert conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall() \
-            == [("delivered", delivered)]
-    finally:
-        conn.close()
+    assert rows(database, "SELECT status, COUNT(*) FROM outbox GROUP BY status") == [
+        ("delivered", delivered)]
 
 
 @pytest.mark.parametrize("command", ["flask run", "gunicorn"])
 def test_a_server_alone_delivers_fires_timers_and_completes_batches(
-        tmp_path, machines, receiver, processes, command):
-    process, base_url = server(processes, tmp_path, machines, command)
+        tmp_path, machines, database, receiver, processes, command):
+    process, base_url = server(processes, tmp_path, machines, database, command)
     work = Work(base_url, receiver, "alone")
     work.arrived()
     log = process.terminate()
     if command == "gunicorn":  # (flask run does not show the app's info messages)
         assert len(re.findall(r"embedded dispatcher \S+ started", log)) == 1, log
         assert len(re.findall(r"embedded dispatcher \S+ stopped", log)) == 1, log  # at exit
-    no_claims_left(tmp_path)
+    no_claims_left(database)
 
 
-def test_sigterm_lets_the_delivery_in_flight_finish(tmp_path, machines, receiver, processes):
+def test_sigterm_lets_the_delivery_in_flight_finish(tmp_path, machines, database, receiver,
+                                                    processes):
     """gunicorn's worker exits on SIGTERM; at exit the embedded dispatcher finishes the slow
     delivery under way, records it, and leaves no lease behind."""
     receiver.program("/slow", Reply(200, delay=1.0))
-    process, base_url = server(processes, tmp_path, machines, "gunicorn")
+    process, base_url = server(processes, tmp_path, machines, database, "gunicorn")
     for i in range(3):
         created = call("POST", f"{base_url}{BASE}/vehicles", headers=headers(), json={
             "uniqueCode": f"S-{i}", "properties": REGISTERED,
@@ -231,24 +241,19 @@ def test_sigterm_lets_the_delivery_in_flight_finish(tmp_path, machines, receiver
     receiver.wait_for(1, "/slow")
     process.terminate()
     assert len(receiver.received("/slow")) == 1
-    conn = sqlite3.connect(tmp_path / "participants.db")
-    try:
-        assert sorted(conn.execute("SELECT status, lease_owner FROM outbox").fetchall()) == [
-            ("delivered", None), ("pending", None), ("pending", None)]
-        assert conn.execute("SELECT status_code, outcome FROM deliveries").fetchall() == [
-            (200, "delivered")]
-    finally:
-        conn.close()
+    assert sorted(rows(database, "SELECT status, lease_owner FROM outbox")) == [
+        ("delivered", None), ("pending", None), ("pending", None)]
+    assert rows(database, "SELECT status_code, outcome FROM deliveries") == [(200, "delivered")]
 
 
 def test_gunicorn_preload_hands_the_dispatcher_to_each_worker(
-        tmp_path, machines, receiver, processes):
+        tmp_path, machines, database, receiver, processes):
     """With --preload the app is created in the master before the fork: the master's
     dispatcher stops at the fork and every worker starts its own."""
     port = free_port()
     process = processes(
         ["gunicorn", "--preload", "--workers", "2", "webapp:create_app()",
-         "-b", f"127.0.0.1:{port}"], environment(tmp_path, machines),
+         "-b", f"127.0.0.1:{port}"], environment(tmp_path, machines, database),
         tmp_path / "preload.log", ready_url=f"http://127.0.0.1:{port}{BASE}/participant-types")
     work = Work(f"http://127.0.0.1:{port}", receiver, "preload")
     work.arrived()
@@ -256,38 +261,36 @@ def test_gunicorn_preload_hands_the_dispatcher_to_each_worker(
     assert len(re.findall(r"embedded dispatcher \S+ started", log)) == 3, log  # master, 2 workers
     master = int(re.search(r"Listening at: \S+ \((\d+)\)", log).group(1))
     assert re.search(rf"embedded dispatcher {master}-\S+ stopped", log), log  # at the first fork
-    no_claims_left(tmp_path)
+    no_claims_left(database)
 
 
 def test_off_delivers_nothing_until_a_dispatch_process_runs(
-        tmp_path, machines, receiver, processes):
-    web, base_url = server(processes, tmp_path, machines, "gunicorn",
+        tmp_path, machines, database, receiver, processes):
+    web, base_url = server(processes, tmp_path, machines, database, "gunicorn",
                            PARTICIPANTS_DISPATCHER="off")
     first = Work(base_url, receiver, "off")
     time.sleep(TTL_SECONDS + 1.5)  # past the ttl, and more than a poll
     first.nothing_arrived()
-    conn = sqlite3.connect(tmp_path / "participants.db")
-    try:
-        assert conn.execute("SELECT state FROM participants WHERE id = ?", (first.pid,)
-                            ).fetchall() == [("onboarding:failedInspection",)]
-        assert conn.execute("SELECT status FROM batches").fetchall() == [("pending",)]
-    finally:
-        conn.close()
+    assert rows(database, "SELECT state FROM participants WHERE id = ?", first.pid) == [
+        ("onboarding:failedInspection",)]
+    assert rows(database, "SELECT status FROM batches") == [("pending",)]
 
     dispatch = processes(["flask", "--app", "webapp", "dispatch"],
-                         environment(tmp_path, machines, PARTICIPANTS_DISPATCHER="off"),
+                         environment(tmp_path, machines, database,
+                                     PARTICIPANTS_DISPATCHER="off"),
                          tmp_path / "dispatch.log")
     first.arrived()
     second = Work(base_url, receiver, "dispatch")  # written while the dispatcher runs
     second.arrived()
     dispatch.terminate()
     assert "embedded dispatcher" not in web.terminate()
-    no_claims_left(tmp_path, 8)
+    no_claims_left(database, 8)
 
 
-def test_flask_routes_with_the_default_setting_just_lists_the_routes(tmp_path, machines):
+def test_flask_routes_with_the_default_setting_just_lists_the_routes(tmp_path, machines,
+                                                                     database):
     """`flask routes` (any command but run) loads the app, starts no dispatcher, and exits."""
-    env = environment(tmp_path, machines)
+    env = environment(tmp_path, machines, database)
     done = subprocess.run(["flask", "--app", "webapp", "routes"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -295,14 +298,13 @@ def test_flask_routes_with_the_default_setting_just_lists_the_routes(tmp_path, m
 
 
 @pytest.mark.parametrize("name", ["routes", "dispatch", "shell"])
-def test_create_app_inside_another_command_starts_no_dispatcher(tmp_path, name):
+def test_create_app_inside_another_command_starts_no_dispatcher(database, name):
     from webapp import create_app
 
     with click.Context(click.Command(name)):
-        app = create_app({**service_config(tmp_path / "p.db"),
-                          "PARTICIPANTS_DISPATCHER": "embedded"})
+        app = create_app({**service_config(database), "PARTICIPANTS_DISPATCHER": "embedded"})
     assert app.extensions["participants"].embedded is None
-    app.extensions["participants"].storage.close()
+    close_app(app)
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -320,10 +322,10 @@ def test_a_bad_dispatcher_setting_stops_start_up(tmp_path, setting, value, probl
         create_app({**service_config(tmp_path / "p.db"), setting: value})
 
 
-def test_the_settings_are_case_and_space_tolerant(tmp_path):
+def test_the_settings_are_case_and_space_tolerant(database):
     from webapp import create_app
 
-    app = create_app({**service_config(tmp_path / "p.db"), "PARTICIPANTS_DISPATCHER": " OFF ",
+    app = create_app({**service_config(database), "PARTICIPANTS_DISPATCHER": " OFF ",
                       "PARTICIPANTS_DISPATCHER_POLL_SECONDS": "0.25"})
     participants = app.extensions["participants"]
     assert participants.embedded is None and participants.poll_seconds == 0.25
@@ -333,15 +335,11 @@ def test_the_settings_are_case_and_space_tolerant(tmp_path):
 # -- an embedded dispatcher in this process ------------------------------------------------------
 
 @pytest.fixture
-def embedded_app(tmp_path, machines):
+def embedded_app(database, machines):
     """An app created in this process with the embedded dispatcher on (poll 30 s: whatever
     arrives sooner was woken by a commit of this process)."""
-    from webapp import create_app
-
-    app = create_app({**service_config(tmp_path / "participants.db"), "TESTING": True,
-                      "PARTICIPANTS_MACHINES": str(machines),
-                      "PARTICIPANTS_DISPATCHER": "embedded",
-                      "PARTICIPANTS_DISPATCHER_POLL_SECONDS": "30"})
+    app = make_app(database, PARTICIPANTS_MACHINES=str(machines),
+                   PARTICIPANTS_DISPATCHER="embedded", PARTICIPANTS_DISPATCHER_POLL_SECONDS="30")
     participants = app.extensions["participants"]
     yield app
     assert participants.embedded.stop()
@@ -388,6 +386,27 @@ class LocalWork(Work):
         self.batch_id = batch.json["data"]["id"]
 
 
+class Transactions:
+    """Every unit of work each thread opens on a storage (`write()` or `read()`): the storage
+    interface, so the same count holds on either backend."""
+
+    def __init__(self, storage):
+        self.opened: list[tuple[str, str]] = []
+        for kind in ("write", "read"):
+            setattr(storage, kind, self._counted(kind, getattr(storage, kind)))
+
+    def _counted(self, kind: str, open_unit):
+        @contextmanager
+        def counted(*args, **kwargs):
+            self.opened.append((threading.current_thread().name, kind))
+            with open_unit(*args, **kwargs) as uow:
+                yield uow
+        return counted
+
+    def of(self, thread_name: str) -> list[str]:
+        return [kind for name, kind in list(self.opened) if name == thread_name]
+
+
 class Traced:
     """Every statement a thread runs on the store's real SQLite connections (trace callback)."""
 
@@ -412,9 +431,8 @@ class Traced:
         return [s for s in statements if s.strip().upper().startswith("BEGIN IMMEDIATE")]
 
 
-def test_an_idle_dispatcher_takes_no_write_lock(app, client, receiver):
-    """With callbacks delivered, participants waiting on (far) timers and a completed batch,
-    run_once and a running dispatcher only read; a poll costs a few statements."""
+def _settled(app, client, receiver) -> None:
+    """Callbacks delivered, a participant waiting on a (far) timer, a completed batch."""
     participants = app.extensions["participants"]
     work = LocalWork(client, receiver, "idle")
     later = participants.dispatcher()
@@ -428,20 +446,49 @@ def test_an_idle_dispatcher_takes_no_write_lock(app, client, receiver):
     assert rows(app, "SELECT state FROM participants WHERE id = ?", work.pid) == [
         ("onboarding:failedInspection",)]
 
-    traced = Traced(participants.storage)
-    dispatcher = participants.dispatcher()
-    assert dispatcher.run_once() == 0
-    assert Traced.writes(traced.of(threading.current_thread().name)) == []
-    assert dispatcher.next_due() > time.time() * 1000 + 3600_000  # the 1 d ttl
 
+def _idle_for_a_second(dispatcher, name: str) -> None:
     stop = threading.Event()
-    thread = threading.Thread(target=dispatcher.run, args=(stop, 0.1), name="idle-dispatcher")
+    thread = threading.Thread(target=dispatcher.run, args=(stop, 0.1), name=name)
     thread.start()
     time.sleep(1.0)
     stop.set()
     dispatcher.wake()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_an_idle_dispatcher_takes_no_write_lock(app, client, receiver):
+    """With callbacks delivered, participants waiting on (far) timers and a completed batch,
+    run_once and a running dispatcher only read: one read transaction per poll, no write."""
+    participants = app.extensions["participants"]
+    _settled(app, client, receiver)
+
+    transactions = Transactions(participants.storage)
+    dispatcher = participants.dispatcher()
+    assert dispatcher.run_once() == 0
+    assert "write" not in transactions.of(threading.current_thread().name)
+    assert dispatcher.next_due() > time.time() * 1000 + 3600_000  # the 1 d ttl
+
+    _idle_for_a_second(dispatcher, "idle-dispatcher")
+    opened = transactions.of("idle-dispatcher")
+    assert "write" not in opened
+    assert 3 <= len(opened) <= 12  # one read transaction per 0.1 s poll
+    participants.storage.close()
+
+
+def test_sqlite_an_idle_dispatcher_runs_a_few_reads_per_poll(sqlite_app, receiver):
+    """On SQLite, statement by statement: an idle poll never runs BEGIN IMMEDIATE, only BEGIN,
+    three reads (batches, outbox, timers) and COMMIT."""
+    participants = sqlite_app.extensions["participants"]
+    _settled(sqlite_app, sqlite_app.test_client(), receiver)
+
+    traced = Traced(participants.storage)
+    dispatcher = participants.dispatcher()
+    assert dispatcher.run_once() == 0
+    assert Traced.writes(traced.of(threading.current_thread().name)) == []
+
+    _idle_for_a_second(dispatcher, "idle-dispatcher")
     statements = traced.of("idle-dispatcher")
     assert Traced.writes(statements) == []
     assert all(s.split()[0].upper() in ("BEGIN", "SELECT", "COMMIT") for s in statements)
@@ -452,46 +499,39 @@ def test_an_idle_dispatcher_takes_no_write_lock(app, client, receiver):
     participants.storage.close()
 
 
-def test_the_poll_finds_another_process_commits(tmp_path, receiver):
-    """A second Store on the same file stands for another process: its commits ring no bell
-    here, and the dispatcher finds them at its next poll (0.3 s), taking the write lock only
-    then."""
-    from webapp import create_app
-
-    database = tmp_path / "participants.db"
-    here = create_app({**service_config(database), "TESTING": True})
-    there = create_app({**service_config(database), "TESTING": True})
+def test_the_poll_finds_another_process_commits(database, receiver):
+    """A second app on the same database stands for another process: its commits ring no bell
+    here, and the dispatcher finds them at its next poll (0.3 s), opening a write transaction
+    only then."""
+    here, there = make_app(database), make_app(database)
     participants = here.extensions["participants"]
-    traced = Traced(participants.storage)
+    transactions = Transactions(participants.storage)
     dispatcher = participants.dispatcher()
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop, 0.3), name="polling-dispatcher")
     thread.start()
     try:
         time.sleep(0.5)
-        assert Traced.writes(traced.of("polling-dispatcher")) == []
+        assert "write" not in transactions.of("polling-dispatcher")
         response = there.test_client().post(f"{BASE}/vehicles", headers=headers(), json={
             "uniqueCode": "V-1", "properties": REGISTERED, "callback": {"url": receiver.url()}})
         assert response.status_code == 202
         written = time.monotonic()
         receiver.wait_for(1, timeout=5)
         assert time.monotonic() - written < 1.5
-        assert Traced.writes(traced.of("polling-dispatcher"))  # the claim and its record
+        assert "write" in transactions.of("polling-dispatcher")  # the claim and its record
     finally:
         stop.set()
         dispatcher.wake()
         thread.join(timeout=5)
         for app in (here, there):
-            app.extensions["participants"].storage.close()
+            close_app(app)
     assert not thread.is_alive()
 
 
-def test_a_retry_is_made_when_due_not_at_the_next_poll(tmp_path, receiver):
+def test_a_retry_is_made_when_due_not_at_the_next_poll(database, receiver):
     """The dispatcher sleeps until the next due time when that comes before the poll."""
-    from webapp import create_app
-
-    app = create_app({**service_config(tmp_path / "p.db"), "TESTING": True,
-                      "PARTICIPANTS_DELIVERY_SCHEDULE": "1,1"})
+    app = make_app(database, PARTICIPANTS_DELIVERY_SCHEDULE="1,1")
     participants = app.extensions["participants"]
     receiver.program("/cb", Reply(500), Reply(200))
     dispatcher = participants.dispatcher()

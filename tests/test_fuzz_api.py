@@ -35,11 +35,8 @@ from __future__ import annotations
 import io
 import json
 import re
-import sqlite3 as stdlib_sqlite3
 import time
 from collections import Counter
-from contextlib import closing
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -47,7 +44,17 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import BASE, LONG, Server, headers, scale, service_config
+from tests.conftest import (
+    BASE,
+    LONG,
+    Server,
+    assert_clean_log,
+    close_app,
+    headers,
+    ledger,
+    make_app,
+    scale,
+)
 from webapp.http import OPENAPI
 
 pytestmark = pytest.mark.reliability
@@ -61,16 +68,14 @@ AUTH_EXAMPLES = scale(4, 40)  # generated requests per operation for each bad-au
 # -- helpers ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def server(tmp_path):
+def server(database, tmp_path):
     """conftest's gunicorn, with no limit on the request line: gunicorn would answer a query
     string over 4,094 bytes itself (414, in HTML), and these suites check the service's own
     limits (engine/service/queries.py LIMITS); its log is checked for tracebacks as there."""
-    srv = Server(tmp_path / "participants.db",
+    srv = Server(database, tmp_path / "gunicorn.log",
                  extra_env={"GUNICORN_CMD_ARGS": "--limit-request-line 0"})
     yield srv
-    log = srv.stop()
-    assert "Traceback" not in log, log
-    assert "database is locked" not in log, log
+    assert_clean_log(srv.stop())
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +104,6 @@ def _tracebacks(server) -> str:
     """The server log from its first traceback on (empty when there is none)."""
     log = server.log_path.read_text(errors="replace")
     return "\nserver log:\n" + log[log.index("Traceback"):][:4000] if "Traceback" in log else ""
-
-
-def _database(server) -> Path:
-    return Path(str(server.log_path).removesuffix(".log"))
-
-
-def ledger(database: Path) -> dict[str, int]:
-    """Row counts of every table of the database (whatever tables the schema has today)."""
-    with closing(stdlib_sqlite3.connect(database)) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
 
 
 def _create(server, code: str, tenant: str = "a") -> str:
@@ -309,7 +302,7 @@ def test_fuzzed_requests_without_valid_auth_are_refused(sx, server, figure):
     own, foreign = _create(server, "FZ-A", "a"), _create(server, "FZ-B", "b")
     schema = _load_schema(sx, server)
     protected = [op for op in _operations(schema) if op.definition.raw.get("security") != []]
-    database = _database(server)
+    database = server.database
     before = ledger(database)
     session = requests.Session()
     tally = Tally(sx)
@@ -578,7 +571,7 @@ def test_hostile_list_queries_are_answered_never_a_5xx_and_write_nothing(server,
 
     for code in ("HQ-1", "HQ-2"):
         _create(server, code)
-    database = _database(server)
+    database = server.database
     before = ledger(database)
     contract = Contract(OPENAPI)
     session = requests.Session()
@@ -731,19 +724,17 @@ def hostile_bodies(base: dict, *, limit: int, multipart_ok: bool):
         yield "wrong content type", raw, content_type, 415
 
 
-def _write_routes(tmp_path) -> tuple[list[tuple[str, str, str]], dict]:
+def _write_routes(database) -> tuple[list[tuple[str, str, str]], dict]:
     """(endpoint, method, rule) of every write route the application serves, and its body
     size limits."""
-    from webapp import create_app
-
-    app = create_app({**service_config(tmp_path / "routes.db"), "TESTING": True})
+    app = make_app(database)
     try:
         routes = [(rule.endpoint, method, rule.rule) for rule in app.url_map.iter_rules()
                   for method in sorted(rule.methods & {"POST", "PUT", "PATCH", "DELETE"})]
         limits = {"default": app.config["MAX_CONTENT_LENGTH"],
                   "batch": getattr(app.extensions["participants"], "max_batch_bytes", None)}
     finally:
-        app.extensions["participants"].storage.close()
+        close_app(app)
     return routes, limits
 
 
@@ -785,16 +776,15 @@ def _send(session, method: str, url: str, body: bytes, content_type: str | None)
         return requests.request(method, url, data=body, headers=sent, timeout=TIMEOUT)
 
 
-def test_hostile_bodies_on_every_write_route_are_4xx_and_write_nothing(server, tmp_path,
-                                                                        figure):
+def test_hostile_bodies_on_every_write_route_are_4xx_and_write_nothing(server, figure):
     """Hundreds of generated hostile bodies per write route: each answers the 4xx the class
     calls for (400 malformed, 413 too large, 415 not JSON) in the error envelope, never a 5xx,
     and no table of the database gains or loses a row."""
     pid = _create(server, "HB-0")
-    routes, limits = _write_routes(tmp_path)
+    routes, limits = _write_routes(server.database)
     assert {"participants.create", "participants.update", "participants.transition",
             "participant_alias"} <= {endpoint for endpoint, _, _ in routes}
-    database = _database(server)
+    database = server.database
     session = requests.Session()
 
     # The unmutated bodies are valid (so any refusal below is the mutation's doing).
@@ -948,11 +938,10 @@ def test_hostile_multipart_batches_are_4xx_and_write_nothing(app, client, parts,
     a 4xx error envelope, and nothing is stored."""
     if "batches.create_batch" not in {r.endpoint for r in app.url_map.iter_rules()}:
         pytest.skip("no batch routes")
-    database = Path(app.extensions["participants"].storage.path)
-    before = ledger(database)
+    before = ledger(app)
     response = client.open(f"{BASE}/vehicles/batch", method=method, headers=headers(),
                            data=parts + b"--b--\r\n",
                            content_type="multipart/form-data; boundary=b")
     assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:300]
     assert re.fullmatch(r"[0-9]{12}", response.json["error"]["code"])
-    assert ledger(database) == before
+    assert ledger(app) == before

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from engine.model.failures import HOOK_REJECTED
-from tests.conftest import BASE, free_port, headers, service_config
+from tests.conftest import BASE, close_app, free_port, headers, inspect, make_app
 from tests.receivers import Receiver, Reply, rows
 
 REGISTERED = {"registrationNumber": "AB-1234"}
@@ -159,12 +159,9 @@ def test_an_unreachable_hook_fails_the_operation(client, vehicle):
     assert read(client, vehicle)["version"] == 1
 
 
-def test_a_hook_slower_than_the_hook_timeout_fails_the_operation(tmp_path, receiver):
+def test_a_hook_slower_than_the_hook_timeout_fails_the_operation(database, receiver):
     """PARTICIPANTS_HOOK_TIMEOUT_SECONDS bounds the waited call."""
-    from webapp import create_app
-
-    app = create_app({**service_config(tmp_path / "timeout.db"), "TESTING": True,
-                      "PARTICIPANTS_HOOK_TIMEOUT_SECONDS": "1"})
+    app = make_app(database, PARTICIPANTS_HOOK_TIMEOUT_SECONDS="1")
     try:
         receiver.program("/slow", Reply(200, delay=3))
         body = {"uniqueCode": "V-1", "properties": REGISTERED,
@@ -175,28 +172,22 @@ def test_a_hook_slower_than_the_hook_timeout_fails_the_operation(tmp_path, recei
         assert event["errorCode"] == HOOK_REJECTED.code
         assert "timed out" in event["errors"][0]["message"]
     finally:
-        app.extensions["participants"].storage.close()
+        close_app(app)
 
 
 def test_the_hook_is_called_before_the_write_outside_the_lock_with_templated_headers(
         app, client, vehicle, receiver):
     """At call time the participant is unchanged and the database is free to write."""
     seen = []
-    store = app.extensions["participants"].storage
 
-    def inspect(_received):
-        conn = store.connect()
-        try:
-            conn.execute("PRAGMA busy_timeout = 1000")
-            version = conn.execute("SELECT version FROM participants WHERE id = ?",
-                                   (vehicle,)).fetchone()[0]
-            conn.execute("BEGIN IMMEDIATE")  # raises 'database is locked' if the write waits
-            conn.execute("ROLLBACK")
-            seen.append(version)
-        finally:
-            conn.close()
+    def look(_received):
+        db = inspect(app)
+        version = db.value("SELECT version FROM participants WHERE id = ?", vehicle)
+        assert not db.write_would_wait("participants", "id = ?", vehicle), \
+            "the hook is called while the write holds its lock"
+        seen.append(version)
 
-    receiver.program("/hook", Reply(200, on_receive=inspect))
+    receiver.program("/hook", Reply(200, on_receive=look))
     on_request = hook(receiver.url("/hook"), requestHeader={
         "X-Request": "{{request_id}}", "X-Tenant": "{{tenant_id}}",
         "Authorization": "Bearer {{token}}", "X-Mixed": "{{tenant_id}}/{{request_id}}!",

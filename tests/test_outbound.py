@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from engine.delivery.outbound import OutboundRefused, check_url, is_public, parse_literal, send
-from tests.conftest import BASE, headers, service_config
+from tests.conftest import BASE, close_app, headers, make_app
 from tests.receivers import Receiver, Reply, rows
 
 REGISTERED = {"registrationNumber": "AB-1234"}
@@ -135,14 +135,11 @@ def resolver(monkeypatch, canary):
 
 
 @pytest.fixture
-def strict_app(tmp_path):
+def strict_app(database):
     """The service with PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS=0, as in production."""
-    from webapp import create_app
-
-    app = create_app({**service_config(tmp_path / "strict.db"), "TESTING": True,
-                      "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "0"})
+    app = make_app(database, PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS="0")
     yield app
-    app.extensions["participants"].storage.close()
+    close_app(app)
 
 
 # -- check_url ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 A strategy builds random valid machine files (lint-clean, compiled like the registry does). A
 rule-based state machine then runs random creates, attribute patches (with nulls), combined
 updates, state events, ttl timers, exact replays, request-id reuse and deliberately failing
-requests through `Service.execute` on a real SQLite file, and checks after every step that:
+requests through `Service.execute` on a real store (a SQLite file, and a PostgreSQL schema: a
+fresh one per example), and checks after every step that:
 
 - a failure changes nothing but appending exactly one failure event;
 - a replay appends nothing and answers the same bytes;
@@ -19,11 +20,11 @@ that breaks the type; `merge_patch` is RFC 7396.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
 import shutil
-import sqlite3
 import string
 import tempfile
 from collections import Counter
@@ -43,7 +44,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine.errors import ParticipantNotFound, RequestIdReused
+from engine.errors import ParticipantNotFound, RequestIdReused, UnstorableText
 from engine.jobs.timers import Timers
 from engine.lint.runner import lint_documents
 from engine.loading.registry import build_definition
@@ -56,8 +57,8 @@ from engine.model.decisions import Change, Failure, Outcome, Snapshot, decide, m
 from engine.model.types import ParticipantType
 from engine.service.idempotency import fingerprint
 from engine.service.participants import Service, participant_id_for
-from engine.storage.sqlite import SqliteStorage
-from tests.conftest import scale
+from engine.storage import Storage, open_storage
+from tests.conftest import Inspector, migrated_postgres_schema, scale
 
 STATS: Counter = Counter()  # what the suites did, for the figures
 
@@ -383,6 +384,18 @@ def render(participant_id: str, record: dict, state: str | None) -> tuple[int, s
 
 # -- the stateful suite ---------------------------------------------------------------------------
 
+def holds_nul(value) -> bool:
+    """Whether a string or key anywhere in a JSON value holds U+0000 (PostgreSQL's text cannot
+    store it, so the service refuses such a request on both backends)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(v) for v in value)
+    return False
+
+
 TENANTS = ("tenant-a", "tenant-b")
 CORE_VALUES = {"name": ("Truck 1", "", "Ünïcode ✓"), "owner": ("operators:1", "drivers:9", "x"),
                "category": ("truck", "bike", "plane"), "subCategory": ("small", "large", "huge")}
@@ -392,15 +405,27 @@ UNIQUE_CODES = tuple(f"U{i}" for i in range(6))
 class Lifecycle(RuleBasedStateMachine):
     """Random writes against one random machine, on a real Store, checked after every step."""
 
+    BACKEND = "sqlite"  # set per run by the test
+
     def __init__(self):
         super().__init__()
         self.folder = tempfile.mkdtemp(prefix="properties-")
-        self.store: SqliteStorage | None = None
+        self.store: Storage | None = None
+        self.inspector: Inspector | None = None
+        self.resources = contextlib.ExitStack()
 
     def teardown(self):
+        if self.inspector is not None:
+            self.inspector.close()
         if self.store is not None:
             self.store.close()
+        self.resources.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def fresh_database(self) -> str:
+        if self.BACKEND == "postgres":  # migrated ahead, so examples cost what they test
+            return self.resources.enter_context(migrated_postgres_schema())
+        return str(Path(self.folder) / "participants.db")
 
     @initialize(data=machines())
     def load(self, data):
@@ -408,7 +433,9 @@ class Lifecycle(RuleBasedStateMachine):
         self.ptype = compile_machine(data)
         self.plural = self.ptype.plural
         self.attributes = data["attributes"]
-        self.store = SqliteStorage(Path(self.folder) / "participants.db", synchronous="OFF")
+        database = self.fresh_database()
+        self.store = open_storage(database, synchronous="OFF")
+        self.inspector = Inspector(database)
         self.now = 1_700_000_000.0
         self.service = Service(self.store, clock=lambda: self.now)
         self.timers = Timers({self.plural: self.ptype}, self.service)
@@ -419,22 +446,21 @@ class Lifecycle(RuleBasedStateMachine):
 
     # -- reading the database -----------------------------------------------------------------
 
-    def db(self) -> sqlite3.Connection:
-        return self.store.conn
+    def db(self) -> Inspector:
+        return self.inspector
 
     def rows(self) -> dict:
-        cursor = self.db().execute("SELECT * FROM participants ORDER BY tenant_id, id")
-        names = [c[0] for c in cursor.description]
-        return {(r[0], r[1]): dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
+        found = self.db().dicts("SELECT * FROM participants ORDER BY tenant_id, id")
+        return {(r["tenant_id"], r["id"]): r for r in found}
 
     def dump(self) -> dict:
-        conn = self.db()
+        db = self.db()
         return {
             "participants": self.rows(),
-            "index": sorted(map(repr, conn.execute("SELECT * FROM attribute_index"))),
-            "events": conn.execute("SELECT seq, body FROM events ORDER BY seq").fetchall(),
-            "idempotency": sorted(map(repr, conn.execute("SELECT * FROM idempotency"))),
-            "outbox": conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0],
+            "index": sorted(map(repr, db.rows("SELECT * FROM attribute_index"))),
+            "events": db.rows("SELECT seq, body FROM events ORDER BY seq"),
+            "idempotency": sorted(map(repr, db.rows("SELECT * FROM idempotency"))),
+            "outbox": db.count("outbox"),
         }
 
     def existing(self, archived: bool = False) -> list[tuple[str, str]]:
@@ -463,13 +489,20 @@ class Lifecycle(RuleBasedStateMachine):
         else:
             expected = None
         note(f"{kind} {tenant} {target} {body} -> expected {expected}")
+        nul = holds_nul(body)
         try:
             result = self.service.execute(self.ptype, command, render)
+        except UnstorableText:  # a 400 over HTTP, on either backend
+            assert nul, "a request without U+0000 refused as unstorable"
+            assert self.dump() == before, "an unstorable request wrote something"
+            STATS["unstorable"] += 1
+            return
         except ParticipantNotFound:
             assert expected is None, "404 for a participant that exists"
             assert self.dump() == before, "a 404 wrote something"
             STATS["not found"] += 1
             return
+        assert not nul, "a request holding U+0000 (which PostgreSQL cannot store) was accepted"
         assert expected is not None, "a write to a missing participant was accepted"
         assert not result.replayed and result.status == 202
         after = self.dump()
@@ -753,7 +786,7 @@ class Lifecycle(RuleBasedStateMachine):
         ptype, definition = self.ptype, self.ptype.definition
         rows = self.rows()
         by_participant: dict[tuple, list] = {}
-        for version, sequence, success, body in self.db().execute(
+        for version, sequence, success, body in self.db().rows(
                 "SELECT version, sequence, success, body FROM events ORDER BY seq"):
             record = json.loads(body)
             assert (record["version"], record["sequence"], record["payloadValidated"]) == (
@@ -762,7 +795,7 @@ class Lifecycle(RuleBasedStateMachine):
             by_participant.setdefault(key, []).append(record)
         assert set(rows) <= set(by_participant), "a participant without events"
         index = {}
-        for _t, _type, name, value, pid in self.db().execute("SELECT * FROM attribute_index"):
+        for _t, _type, name, value, pid in self.db().index_rows():
             index.setdefault(pid, set()).add((name, value))
         for key, records in by_participant.items():
             # (e) sequence is 1..M over all events, versions 1..N over the successes
@@ -814,11 +847,14 @@ class Lifecycle(RuleBasedStateMachine):
 
 
 @pytest.mark.reliability
-def test_random_operations_keep_the_store_consistent(figure):
+def test_random_operations_keep_the_store_consistent(backend, figure):
     """Random machines, random writes: the log replays to the rows; failures change nothing."""
     before = Counter(STATS)
-    run_state_machine_as_test(Lifecycle, settings=settings(
-        max_examples=scale(100, 500), stateful_step_count=scale(30, 60), **SETTINGS))
+    # A fresh PostgreSQL schema per example costs a migration: fewer examples in the short form.
+    examples = scale(100, 500) if backend == "sqlite" else scale(25, 500)
+    run_state_machine_as_test(type("Lifecycle", (Lifecycle,), {"BACKEND": backend}),
+                              settings=settings(max_examples=examples,
+                                                stateful_step_count=scale(30, 60), **SETTINGS))
     done = Counter(STATS)
     done.subtract(before)
     assert done["successes"] and done["failures"] and done["replays"]

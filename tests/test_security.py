@@ -28,14 +28,22 @@ import re
 import socket
 import uuid
 from collections import Counter
-from contextlib import closing
 
 import pytest
 import requests
 
 from engine.delivery.outbound import OutboundRefused, check_url, parse_literal, send
-from engine.storage.sqlite import sqlite3
-from tests.conftest import BASE, headers, scale, service_config
+from tests.conftest import (
+    BASE,
+    close_app,
+    count,
+    headers,
+    inspect,
+    make_app,
+    rows,
+    scale,
+    service_config,
+)
 from tests.receivers import Receiver, Reply
 
 pytestmark = pytest.mark.reliability
@@ -72,30 +80,33 @@ def identity(tenant: str, token_kind: str, request_id: str | None = None) -> dic
     return sent
 
 
-def connect(app):
-    return closing(app.extensions["participants"].storage.connect())
+def all_tenant_rows(app) -> dict[str, dict[str, list]]:
+    """tenant id -> every row that belongs to it, table by table (batch items and deliveries
+    through their batch and outbox row), all read in one snapshot."""
+    out: dict[str, dict[str, list]] = {f"tenant-{t}": {} for t in TENANTS}
+    db = inspect(app)
+    with db.snapshot():
+        for table in db.tables():
+            if "tenant_id" in db.columns(table):
+                sql = f'SELECT tenant_id, * FROM "{table}" {db.order_by(table)}'
+            elif table == "batch_items":
+                sql = ("SELECT b.tenant_id, i.* FROM batch_items i JOIN batches b"
+                       f" ON b.id = i.batch_id {db.order_by('batch_items', 'i')}")
+            elif table == "deliveries":
+                sql = ("SELECT o.tenant_id, d.* FROM deliveries d JOIN outbox o"
+                       f" ON o.id = d.outbox_id {db.order_by('deliveries', 'd')}")
+            else:
+                continue
+            for tenant in out.values():
+                tenant[table] = []
+            for row in db.rows(sql):
+                out.setdefault(row[0], {}).setdefault(table, []).append(row[1:])
+    return out
 
 
 def tenant_rows(app, tenant: str) -> dict[str, list]:
-    """Every row that belongs to `tenant`, table by table (batch items through their batch)."""
-    out = {}
-    with connect(app) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        for table in tables:
-            columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
-            if "tenant_id" in columns:
-                sql = f'SELECT * FROM "{table}" WHERE tenant_id = ? ORDER BY rowid'
-            elif table == "batch_items":
-                sql = ("SELECT i.* FROM batch_items i JOIN batches b ON b.id = i.batch_id"
-                       " WHERE b.tenant_id = ? ORDER BY i.rowid")
-            elif table == "deliveries":
-                sql = ("SELECT d.* FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
-                       " WHERE o.tenant_id = ? ORDER BY d.rowid")
-            else:
-                continue
-            out[table] = conn.execute(sql, (f"tenant-{tenant}",)).fetchall()
-    return out
+    """Every row that belongs to `tenant`, table by table."""
+    return all_tenant_rows(app)[f"tenant-{tenant}"]
 
 
 def drain(app, rounds: int = 50) -> None:
@@ -257,8 +268,9 @@ def test_tenant_token_resource_matrix_has_no_cross_tenant_reads_or_writes(app, c
                     # Own-token writes of both tenants share request ids: idempotency is scoped
                     # to the tenant, so neither may replay or refuse the other's request.
                     request_id = f"shared-{cell}" if token == "own" else None
-                    mine_before = tenant_rows(app, tenant)
-                    theirs_before = tenant_rows(app, other(tenant))
+                    before = all_tenant_rows(app)
+                    mine_before = before[f"tenant-{tenant}"]
+                    theirs_before = before[f"tenant-{other(tenant)}"]
                     response = client.open(path, method=method, query_string=query, json=body,
                                            headers=identity(tenant, token, request_id))
                     cells += 1
@@ -267,10 +279,11 @@ def test_tenant_token_resource_matrix_has_no_cross_tenant_reads_or_writes(app, c
                     if _shows(response, marker(other(tenant)), f"user-of-{other(tenant)}"):
                         leaks += 1
                         fail(f"{where}: the other tenant's data in the response: {text[:300]}")
-                    if tenant_rows(app, other(tenant)) != theirs_before:
+                    after = all_tenant_rows(app)
+                    if after[f"tenant-{other(tenant)}"] != theirs_before:
                         leaks += 1
                         fail(f"{where}: the other tenant's rows changed")
-                    if status >= 300 and tenant_rows(app, tenant) != mine_before:
+                    if status >= 300 and after[f"tenant-{tenant}"] != mine_before:
                         fail(f"{where}: a refused request wrote rows")
                     if status >= 500:
                         fail(f"{where}: {status}")
@@ -321,12 +334,11 @@ def test_tenant_token_resource_matrix_has_no_cross_tenant_reads_or_writes(app, c
     drain(app)
     if "batches.batch_status" in {e for e, _ in routes}:
         for tenant in TENANTS:
-            with connect(app) as conn:
-                reasons = [r[0].replace(world.pid[other(tenant)], "<id>").replace(
-                    MISSING_PID, "<id>") for r in conn.execute(
-                    "SELECT i.reason FROM batch_items i JOIN batches b ON b.id = i.batch_id"
-                    " WHERE b.tenant_id = ? AND b.kind = 'update' AND i.status = 'failed'",
-                    (f"tenant-{tenant}",))]
+            reasons = [r[0].replace(world.pid[other(tenant)], "<id>").replace(
+                MISSING_PID, "<id>") for r in rows(
+                app, "SELECT i.reason FROM batch_items i JOIN batches b ON b.id = i.batch_id"
+                     " WHERE b.tenant_id = ? AND b.kind = 'update' AND i.status = 'failed'",
+                f"tenant-{tenant}")]
             # A foreign id in a batch item fails exactly like a missing one.
             if len(reasons) != 2 or len(set(reasons)) != 1:
                 leaks += 1
@@ -428,13 +440,10 @@ SECRET_ALLOWED = {
 def _secret_columns(database, secrets: list[str]) -> list[tuple[str, str, str]]:
     """(table, column, row status) of every database value holding one of `secrets`."""
     found = []
-    with closing(sqlite3.connect(database)) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-        for table in tables:
-            columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
-            for row in conn.execute(f'SELECT * FROM "{table}"'):
-                values = dict(zip(columns, row, strict=True))
+    db = inspect(database)
+    with db.snapshot():
+        for table in db.tables():
+            for values in db.dicts(f'SELECT * FROM "{table}"'):
                 for column, value in values.items():
                     if value is None:
                         continue
@@ -445,14 +454,13 @@ def _secret_columns(database, secrets: list[str]) -> list[tuple[str, str, str]]:
     return found
 
 
-def test_callback_secret_appears_in_no_response_log_event_or_callback(server, tmp_path, figure,
-                                                                      caplog):
+def test_callback_secret_appears_in_no_response_log_event_or_callback(server, figure, caplog):
     """A different X-COREOS-CALLBACK-SECRET on every request to every write route (accepted,
     failed, refused, replayed): the secret is in no response, no callback request, no log line,
     and in the database only where it signs callbacks still to be delivered."""
     from webapp import create_app
 
-    database = str(server.log_path).removesuffix(".log")
+    database = server.database
     secrets: list[str] = []
     responses: list[requests.Response] = []
     routes: set[tuple[str, str]] = set()
@@ -528,7 +536,7 @@ def test_callback_secret_appears_in_no_response_log_event_or_callback(server, tm
             with caplog.at_level(logging.DEBUG):
                 drain(delivery_app)
         finally:
-            delivery_app.extensions["participants"].storage.close()
+            close_app(delivery_app)
         receiver.wait_for(1, "/cb")
         statuses = Counter(r[0] for r in _outbox_statuses(database))
         assert statuses["delivered"] and statuses["failed"] and statuses["pending"], statuses
@@ -558,8 +566,7 @@ def test_callback_secret_appears_in_no_response_log_event_or_callback(server, tm
 
 
 def _outbox_statuses(database) -> list[tuple]:
-    with closing(sqlite3.connect(database)) as conn:
-        return conn.execute("SELECT status FROM outbox").fetchall()
+    return rows(database, "SELECT status FROM outbox")
 
 
 # -- protected fields ---------------------------------------------------------------------------
@@ -599,11 +606,8 @@ CORE = ("tenant_id", "id", "type", "unique_code", "created_at", "created_by")
 
 
 def _stored(app, pid: str) -> dict:
-    with connect(app) as conn:
-        row = conn.execute(
-            "SELECT tenant_id, id, type, unique_code, created_at, created_by, version,"
-            " updated_at, state, state_entered_at FROM participants WHERE id = ?",
-            (pid,)).fetchall()
+    row = rows(app, "SELECT tenant_id, id, type, unique_code, created_at, created_by, version,"
+                    " updated_at, state, state_entered_at FROM participants WHERE id = ?", pid)
     assert len(row) == 1, row
     return dict(zip(("tenant_id", "id", "type", "unique_code", "created_at", "created_by",
                      "version", "updated_at", "state", "state_entered_at"), row[0], strict=True))
@@ -743,19 +747,17 @@ def test_protected_fields_cannot_be_set_through_any_field_or_casing(app, client,
 
 
 def _event_count(app) -> int:
-    with connect(app) as conn:
-        return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    return count(app, "events")
 
 
 # -- SSRF vectors (from tests/test_outbound.py) -------------------------------------------------
 
-def test_ssrf_vectors_are_refused_and_never_reach_the_canary(monkeypatch, tmp_path, figure):
+def test_ssrf_vectors_are_refused_and_never_reach_the_canary(monkeypatch, database, figure):
     """Every URL vector of tests/test_outbound.py is refused by check_url, by send() (with every
     name resolving to a loopback canary) and by the API with private addresses disallowed; the
     canary sees no connection."""
     test_outbound = pytest.importorskip("tests.test_outbound")
     vectors = [p.values[0] for p in test_outbound.VECTORS]
-    from webapp import create_app
 
     with Receiver() as canary:
         real = socket.getaddrinfo
@@ -766,8 +768,7 @@ def test_ssrf_vectors_are_refused_and_never_reach_the_canary(monkeypatch, tmp_pa
             return real("127.0.0.1", canary.port, *args, **kwargs)
 
         monkeypatch.setattr("socket.getaddrinfo", resolve_to_canary)
-        strict = create_app({**service_config(tmp_path / "strict.db"), "TESTING": True,
-                             "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "0"})
+        strict = make_app(database, PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS="0")
         try:
             client = strict.test_client()
             refused = 0
@@ -783,7 +784,7 @@ def test_ssrf_vectors_are_refused_and_never_reach_the_canary(monkeypatch, tmp_pa
                 refused += 1
             assert _event_count(strict) == 0
         finally:
-            strict.extensions["participants"].storage.close()
+            close_app(strict)
         assert canary.connections == 0
     figure("Outbound URLs (callbacks, hooks) never reach private or loopback addresses",
            f"SSRF vectors of tests/test_outbound.py refused by check_url, send() and the API: "

@@ -2,7 +2,8 @@
 
 Each test talks to gunicorn sync workers on loopback (2 workers from the `server` fixture, 4 from
 `Server(..., workers=4)`), so concurrent requests really are served by several processes sharing
-one SQLite file. Assertions about what was written read that file directly.
+one database, once on SQLite and once on PostgreSQL. Assertions about what was written read the
+database directly.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
-from pathlib import Path
 
 import pytest
 import requests
 
-from engine.storage.sqlite import sqlite3
-from tests.conftest import BASE, Server, headers, scale
+from tests.conftest import BASE, Server, assert_clean_log, headers, rows, scale
 
 TIMEOUT = 60
 ACTIVATE = {"eventCode": "E-022", "reasonCode": "R-0001"}
@@ -42,10 +40,6 @@ USER = {"id": "u-1", "name": "Ann", "appId": "dispatch"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def _database(srv: Server) -> Path:
-    return Path(str(srv.log_path).removesuffix(".log"))
-
 
 def _checked(response: requests.Response) -> requests.Response:
     """Every response: no server error, and never a word of SQLite's lock errors."""
@@ -98,24 +92,19 @@ def _fire(calls: list[Callable[[], requests.Response]]) -> list[requests.Respons
         return list(pool.map(run, calls))
 
 
-def _rows(database: Path, sql: str, *args) -> list[tuple]:
-    with closing(sqlite3.connect(database, timeout=TIMEOUT)) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
-def _log(database: Path, pid: str, tenant_id: str = "tenant-a") -> list[dict]:
+def _log(database: str, pid: str, tenant_id: str = "tenant-a") -> list[dict]:
     """One participant's events, checked for a contiguous sequence and versions, oldest first.
 
     Sequences run 1..N in commit order; a success event's version is one more than the one
     before; a failure event carries the participant's unchanged version (0 before it exists).
     """
-    rows = _rows(database, "SELECT seq, sequence, version, success, body FROM events"
+    found = rows(database, "SELECT seq, sequence, version, success, body FROM events"
                            " WHERE tenant_id = ? AND participant_id = ? ORDER BY seq",
                  tenant_id, pid)
-    assert [r[1] for r in rows] == list(range(1, len(rows) + 1)), pid
+    assert [r[1] for r in found] == list(range(1, len(found) + 1)), pid
     version = 0
     records = []
-    for _, sequence, stored_version, success, body in rows:
+    for _, sequence, stored_version, success, body in found:
         record = json.loads(body)
         version += 1 if success else 0
         assert stored_version == record["version"] == version, (pid, sequence)
@@ -124,13 +113,13 @@ def _log(database: Path, pid: str, tenant_id: str = "tenant-a") -> list[dict]:
     return records
 
 
-def _participant_row(database: Path, pid: str, tenant_id: str = "tenant-a") -> tuple | None:
-    rows = _rows(database, "SELECT version, state, properties FROM participants"
+def _participant_row(database: str, pid: str, tenant_id: str = "tenant-a") -> tuple | None:
+    found = rows(database, "SELECT version, state, properties FROM participants"
                            " WHERE tenant_id = ? AND id = ?", tenant_id, pid)
-    return rows[0] if rows else None
+    return found[0] if found else None
 
 
-def _assert_row_matches_log(database: Path, pid: str, records: list[dict]) -> None:
+def _assert_row_matches_log(database: str, pid: str, records: list[dict]) -> None:
     """The stored participant is what its last success event says it became."""
     successes = [r for r in records if r["payloadValidated"]]
     row = _participant_row(database, pid)
@@ -181,16 +170,14 @@ def _assert_error(response: requests.Response, status: int) -> dict:
 
 
 @pytest.fixture(params=[2, 4], ids=["2-workers", "4-workers"])
-def gunicorn(request, tmp_path):
+def gunicorn(request, database, tmp_path):
     """The service with 2 sync workers (the `server` fixture), then again with 4."""
     if request.param == 2:
         yield request.getfixturevalue("server")
         return
-    srv = Server(tmp_path / "x.db", workers=4)
+    srv = Server(database, tmp_path / "gunicorn.log", workers=4)
     yield srv
-    log = srv.stop()
-    assert "Traceback" not in log, log
-    assert "database is locked" not in log, log
+    assert_clean_log(srv.stop())
 
 
 # -- every endpoint once --------------------------------------------------------------------------
@@ -275,7 +262,7 @@ def test_every_endpoint_answers_in_the_documented_shape(server):
     assert "registrationNumber" in [a["name"] for a in definition["attributes"]]
     assert "E-022" in definition["events"] and definition["diagram"]
 
-    assert _log(_database(server), pid)[-1]["requestId"] == \
+    assert _log(server.database, pid)[-1]["requestId"] == \
         aliased.request.headers["X-COREOS-REQUEST-ID"]
 
 
@@ -288,7 +275,7 @@ def test_errors_over_http_use_the_error_envelope_and_write_nothing(server):
     assert _assert_error(stale, 412)["code"] == "101170024120"
     bare = _checked(requests.get(server.url + BASE + f"/vehicles/{pid}", timeout=TIMEOUT))
     _assert_error(bare, 400)
-    assert len(_log(_database(server), pid)) == 1
+    assert len(_log(server.database, pid)) == 1
 
 
 # -- concurrency ------------------------------------------------------------------------------
@@ -296,7 +283,7 @@ def test_errors_over_http_use_the_error_envelope_and_write_nothing(server):
 @pytest.mark.reliability
 def test_concurrent_deactivations_have_exactly_one_winner(gunicorn, figure, request):
     """Clients deactivate one participant at once: one succeeds, the rest get failure events."""
-    database = _database(gunicorn)
+    database = gunicorn.database
     pid = _active(gunicorn, "RACE-1")
     path = f"/vehicles/{pid}/state/event"
     clients = scale(40, 64)
@@ -320,7 +307,7 @@ def test_concurrent_deactivations_have_exactly_one_winner(gunicorn, figure, requ
 
 def test_concurrent_opposite_transitions_serialize(gunicorn):
     """A mix of activations and deactivations fired at once is applied as if one at a time."""
-    database = _database(gunicorn)
+    database = gunicorn.database
     pid = _active(gunicorn, "RACE-2")
     rng = random.Random(7)
     calls = []
@@ -361,7 +348,7 @@ def test_concurrent_opposite_transitions_serialize(gunicorn):
 @pytest.mark.reliability
 def test_concurrent_writes_with_if_match_have_one_winner(gunicorn, figure, request):
     """50 writes all naming the version just read: one is applied, the rest answer 412."""
-    database = _database(gunicorn)
+    database = gunicorn.database
     pid = _active(gunicorn, "MATCH-1")
     etag = _call(gunicorn, "GET", f"/vehicles/{pid}").headers["ETag"]
     calls = [lambda kg=kg: _call(gunicorn, "PUT", f"/vehicles/{pid}",
@@ -388,7 +375,7 @@ def test_concurrent_writes_with_if_match_have_one_winner(gunicorn, figure, reque
 @pytest.mark.parametrize("kind", ["create", "update"])
 def test_concurrent_identical_requests_write_one_event(server, kind):
     """50 copies of one request (same id, same body) at once: one event, identical answers."""
-    database = _database(server)
+    database = server.database
     if kind == "create":
         path, body = "/vehicles", _vehicle("TWIN-1")
         method, pid = "POST", None
@@ -406,8 +393,8 @@ def test_concurrent_identical_requests_write_one_event(server, kind):
     assert len({r.content for r in answered}) == 1
     pid = pid or answered[0].json()["data"]["id"]
     assert answered[0].json()["data"]["event"]["payloadValidated"]
-    assert _rows(database, "SELECT COUNT(*) FROM events WHERE request_id = ?", request_id) == [(1,)]
-    assert _rows(database, "SELECT COUNT(*) FROM idempotency WHERE request_id = ?",
+    assert rows(database, "SELECT COUNT(*) FROM events WHERE request_id = ?", request_id) == [(1,)]
+    assert rows(database, "SELECT COUNT(*) FROM idempotency WHERE request_id = ?",
                  request_id) == [(1,)]
     records = _log(database, pid)
     assert len(records) == (1 if kind == "create" else 2)
@@ -420,7 +407,7 @@ def test_concurrent_identical_requests_write_one_event(server, kind):
 
 def test_concurrent_creates_of_one_unique_code_make_one_participant(server):
     """30 creates of one new uniqueCode at once: one participant, 29 'already exists' events."""
-    database = _database(server)
+    database = server.database
     responses = _fire([lambda: _call(server, "POST", "/vehicles", _vehicle("SAME-1"))] * 30)
 
     events = [r.json()["data"]["event"] for r in responses]
@@ -432,13 +419,13 @@ def test_concurrent_creates_of_one_unique_code_make_one_participant(server):
     pid = responses[0].json()["data"]["id"]
     records = _log(database, pid)
     assert len(records) == 30 and records[0]["payloadValidated"]
-    assert _rows(database, "SELECT COUNT(*) FROM participants") == [(1,)]
+    assert rows(database, "SELECT COUNT(*) FROM participants") == [(1,)]
     _assert_row_matches_log(database, pid, records)
 
 
 def test_one_request_id_in_two_tenants_at_once_writes_twice(server):
     """The same request id sent by two tenants at once is two independent writes."""
-    database = _database(server)
+    database = server.database
     request_id = f"shared-{time.time_ns()}"
     calls = [lambda t=t: _call(server, "POST", "/vehicles", _vehicle("TENANTS-1"), tenant=t,
                                request_id=request_id) for t in "ab" * 10]
@@ -450,16 +437,16 @@ def test_one_request_id_in_two_tenants_at_once_writes_twice(server):
     assert len(by_tenant["a"]) == len(by_tenant["b"]) == 1  # each tenant's copies replay
     ids = {json.loads(next(iter(v)))["data"]["id"] for v in by_tenant.values()}
     assert len(ids) == 2  # the id derives from the tenant too
-    assert _rows(database, "SELECT tenant_id, COUNT(*) FROM events WHERE request_id = ?"
+    assert rows(database, "SELECT tenant_id, COUNT(*) FROM events WHERE request_id = ?"
                            " GROUP BY tenant_id ORDER BY tenant_id", request_id) == [
         ("tenant-a", 1), ("tenant-b", 1)]
 
 
 @pytest.mark.reliability
-def test_a_thousand_identical_requests_write_one_event(tmp_path, figure):
+def test_a_thousand_identical_requests_write_one_event(database, tmp_path, figure):
     """Copies of one combined update (1,000 in the long form) from 32 threads: one event."""
     copies = scale(150, 1000)
-    srv = Server(tmp_path / "soak.db", workers=4)
+    srv = Server(database, tmp_path / "gunicorn.log", workers=4)
     try:
         pid = _create(srv, "SOAK-1")
         request_id = f"soak-{time.time_ns()}"
@@ -473,10 +460,10 @@ def test_a_thousand_identical_requests_write_one_event(tmp_path, figure):
         answered = [r for r in responses if r.status_code == 202]
         assert {r.status_code for r in responses} <= {202, 409}
         assert len({r.content for r in answered}) == 1
-        assert len(_log(tmp_path / "soak.db", pid)) == 2
+        assert len(_log(database, pid)) == 2
     finally:
         log = srv.stop()
-    assert "Traceback" not in log and "database is locked" not in log, log
+    assert_clean_log(log)
     conflicts = sum(r.status_code == 409 for r in responses)
     figure("Identical requests (same request id) write once and replay byte for byte",
            f"{copies:,} concurrent copies on 4 workers: 1 event, {len(answered) - 1:,} "
@@ -556,14 +543,14 @@ class _Load:
 
 
 def _mixed_load(srv: Server, seconds: float, threads: int = 8, participants: int = 20) -> _Load:
-    database = _database(srv)
+    database = srv.database
     pids = [_create(srv, f"MIX-{i}") for i in range(participants)]
     load = _Load(srv, pids, seconds)
     load.run(threads)
 
     written = load.written
     assert load.statuses[202] == len(written) + load.replays
-    events = _rows(database, "SELECT request_id, id, tenant_id, participant_id FROM events")
+    events = rows(database, "SELECT request_id, id, tenant_id, participant_id FROM events")
     assert len(events) == len(written) + len(pids)  # the pool's creates came first
     by_request = {row[0]: row for row in events}
     assert len(by_request) == len(events)  # one event per request id
@@ -573,7 +560,7 @@ def _mixed_load(srv: Server, seconds: float, threads: int = 8, participants: int
         assert by_request[request_id][3] == summary["id"]
     for pid in {row[3] for row in events}:
         _assert_row_matches_log(database, pid, _log(database, pid))
-    assert _rows(database, "SELECT COUNT(*) FROM events") == [(len(events),)]
+    assert rows(database, "SELECT COUNT(*) FROM events") == [(len(events),)]
     return load
 
 
@@ -584,15 +571,15 @@ def test_mixed_load_keeps_every_log_contiguous(gunicorn):
 
 
 @pytest.mark.reliability
-def test_mixed_load_soak(tmp_path, figure):
+def test_mixed_load_soak(database, tmp_path, figure):
     """The mixed load (60 s over 50 participants from 16 clients in the long form) on 4 workers."""
     seconds, threads, participants = scale(4, 60), scale(8, 16), scale(20, 50)
-    srv = Server(tmp_path / "soak.db", workers=4)
+    srv = Server(database, tmp_path / "gunicorn.log", workers=4)
     try:
         load = _mixed_load(srv, seconds=seconds, threads=threads, participants=participants)
     finally:
         log = srv.stop()
-    assert "Traceback" not in log and "database is locked" not in log, log
+    assert_clean_log(log)
     figure("Under mixed load every accepted write is exactly one event; versions contiguous",
            f"{seconds} s, {threads} clients, {participants} participants, 4 workers: "
            f"{len(load.written):,} accepted writes = {len(load.written):,} events, "

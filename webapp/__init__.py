@@ -28,7 +28,7 @@ from engine.loading.registry import load_registry
 from engine.model.conventions import compact_json
 from engine.model.types import Registry
 from engine.service.participants import Service
-from engine.storage import Storage, open_storage
+from engine.storage import Storage, StorageUnavailable, open_storage
 
 from .embedded import MODES, EmbeddedDispatcher, serving, stop_on_sigterm
 from .errors import status_and_code
@@ -56,6 +56,14 @@ DEFAULTS = {
     "PARTICIPANTS_MAX_BATCH_BODY_BYTES": 32 * 1024 * 1024,
     "PARTICIPANTS_DISPATCHER": "embedded",
     "PARTICIPANTS_DISPATCHER_POLL_SECONDS": DEFAULT_POLL_SECONDS,
+    "PARTICIPANTS_POSTGRES_POOL_MIN": 1,
+    "PARTICIPANTS_POSTGRES_POOL_MAX": 4,
+    "PARTICIPANTS_POSTGRES_POOL_TIMEOUT_SECONDS": 10,
+    "PARTICIPANTS_POSTGRES_CONNECT_TIMEOUT_SECONDS": 5,
+    "PARTICIPANTS_POSTGRES_STATEMENT_TIMEOUT_MS": 60_000,
+    "PARTICIPANTS_POSTGRES_LOCK_TIMEOUT_MS": 30_000,
+    "PARTICIPANTS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS": 60_000,
+    "PARTICIPANTS_POSTGRES_NOTIFY": "1",
 }
 
 
@@ -136,6 +144,29 @@ def _schedule(config) -> tuple[int, ...]:
     return schedule
 
 
+def _postgres_options(config) -> dict:
+    """The PostgreSQL settings, checked whichever backend is in use (a typo never waits for the
+    day the database moves)."""
+    pool_min = _int(config, "PARTICIPANTS_POSTGRES_POOL_MIN")
+    if pool_min < 0:
+        raise _config_error("PARTICIPANTS_POSTGRES_POOL_MIN",
+                            f"expected a whole number from 0, got {pool_min}")
+    pool_max = _positive(config, "PARTICIPANTS_POSTGRES_POOL_MAX")
+    if pool_max < pool_min:
+        raise _config_error("PARTICIPANTS_POSTGRES_POOL_MAX",
+                            f"must be at least PARTICIPANTS_POSTGRES_POOL_MIN ({pool_min})")
+    return {
+        "pool_min": pool_min, "pool_max": pool_max,
+        "pool_timeout": _seconds(config, "PARTICIPANTS_POSTGRES_POOL_TIMEOUT_SECONDS"),
+        "connect_timeout": _positive(config, "PARTICIPANTS_POSTGRES_CONNECT_TIMEOUT_SECONDS"),
+        "statement_timeout_ms": _positive(config, "PARTICIPANTS_POSTGRES_STATEMENT_TIMEOUT_MS"),
+        "lock_timeout_ms": _positive(config, "PARTICIPANTS_POSTGRES_LOCK_TIMEOUT_MS"),
+        "idle_in_transaction_timeout_ms": _positive(
+            config, "PARTICIPANTS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS"),
+        "notify": _flag(config, "PARTICIPANTS_POSTGRES_NOTIFY"),
+    }
+
+
 def _tokens(config) -> dict:
     raw = config["PARTICIPANTS_ACCESS_TOKENS"]
     try:
@@ -165,7 +196,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     types = load_registry(config["PARTICIPANTS_MACHINES"])
     storage = open_storage(str(config["PARTICIPANTS_DATABASE"]),
                            synchronous=str(config["PARTICIPANTS_SYNCHRONOUS"]),
-                           busy_timeout_ms=_int(config, "PARTICIPANTS_BUSY_TIMEOUT_MS"))
+                           busy_timeout_ms=_int(config, "PARTICIPANTS_BUSY_TIMEOUT_MS"),
+                           **_postgres_options(config))
     allow_private = _flag(config, "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS")
     hook_timeout = _int(config, "PARTICIPANTS_HOOK_TIMEOUT_SECONDS")
     service = Service(
@@ -200,11 +232,39 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.add_url_rule(alias, "participant_alias", update, methods=["PUT"])
     app.register_error_handler(Exception, _handle_error)
     app.cli.add_command(dispatch_command)
+    app.cli.add_command(copy_database_command)
     if dispatcher_mode == "embedded" and serving():
         participants.embedded = EmbeddedDispatcher(participants.dispatcher, poll_seconds).start()
         if click.get_current_context(silent=True) is not None:  # flask run
             stop_on_sigterm()
     return app
+
+
+@click.command("copy-database")
+@click.option("--to", "target", required=True, metavar="URL",
+              help="postgresql:// URL of an empty database.")
+@with_appcontext
+def copy_database_command(target: str) -> None:
+    """Copy this service's SQLite database (PARTICIPANTS_DATABASE) into an empty PostgreSQL
+    database, then verify every table by row count and checksum."""
+    from engine.storage import is_postgres
+    from engine.storage.copy import CopyRefused, copy_database
+
+    source = str(current_app.config["PARTICIPANTS_DATABASE"])
+    if is_postgres(source):
+        raise click.UsageError("PARTICIPANTS_DATABASE is PostgreSQL already; the copy reads a "
+                               "SQLite file")
+    if not is_postgres(target):
+        raise click.UsageError("--to takes a postgresql:// URL")
+    current_app.extensions["participants"].storage.close()
+    try:
+        report = copy_database(source, target, progress=click.echo)
+    except CopyRefused as error:
+        raise click.ClickException(str(error)) from None
+    except StorageUnavailable as error:
+        raise click.ClickException(f"the target cannot be used: {error}") from None
+    click.echo(f"copied and verified {sum(t.rows for t in report):,} rows in {len(report)} "
+               f"tables from {source}; point PARTICIPANTS_DATABASE at the new database")
 
 
 @click.command("dispatch")

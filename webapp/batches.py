@@ -71,7 +71,7 @@ def _from_csv(kind: str) -> tuple[list[Item], dict | None, dict, dict]:
     callback = None
     if request.form.get("callback"):
         try:
-            callback = strict_loads(request.form["callback"])
+            callback = strict_loads(request.form["callback"], nul=False)
         except ValueError as error:
             raise BadRequest(f"callback is not valid JSON: {error}",
                              [Issue("$.callback", str(error))]) from None

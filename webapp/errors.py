@@ -14,8 +14,9 @@ from engine.errors import (
     RequestIdReused,
     RequestInFlight,
     UnknownParticipantType,
+    UnstorableText,
 )
-from engine.storage import StorageUnavailable
+from engine.storage import StorageConflict, StorageUnavailable
 
 __all__ = ["ApiError", "BadRequest", "Unauthorized", "UnsupportedMediaType", "TooLarge",
            "status_and_code", "HTTP_CODES"]
@@ -60,6 +61,7 @@ class TooLarge(ApiError):
 # exception class -> (status, code); the first matching class wins
 TABLE: list[tuple[type[BaseException], int, str]] = [
     (InvalidQuery, 400, "101170024000"),
+    (UnstorableText, 400, "101170024000"),
     (UnknownParticipantType, 404, "101170024041"),
     (ParticipantNotFound, 404, "101170024042"),
     (BatchNotFound, 404, "101170024043"),
@@ -67,6 +69,7 @@ TABLE: list[tuple[type[BaseException], int, str]] = [
     (PreconditionFailed, 412, "101170024120"),
     (RequestIdReused, 422, "101170024220"),
     (StorageUnavailable, 503, "101170025030"),
+    (StorageConflict, 503, "101170025030"),  # lost every retry to concurrent writers
     (DefinitionError, 500, "101170025000"),
 ]
 

@@ -19,7 +19,7 @@ from engine.loading.yamlfile import load_text
 from engine.model.attributes import json_path
 from engine.model.conventions import CORE_EDITABLE, CORE_FIELDS
 from engine.model.jsonschemas import CompiledSchema, ecma_patterns
-from engine.model.strictjson import strict_loads
+from engine.model.strictjson import NulCharacter, strict_loads
 
 from .errors import BadRequest, TooLarge, Unauthorized, UnsupportedMediaType
 
@@ -151,7 +151,10 @@ def read_json(request: Request):
         raise BadRequest(f"the body is not UTF-8 (byte {error.start})",
                          [Issue("$", "is not UTF-8")]) from None
     try:
-        body = strict_loads(text)
+        body = strict_loads(text, nul=False)
+    except NulCharacter as error:  # refused alike on every backend (PostgreSQL cannot store it)
+        raise BadRequest(str(error), [Issue(error.path, "contains U+0000 (NUL), which the "
+                                                        "service does not store")]) from None
     except ValueError as error:
         raise BadRequest(f"the body is not valid JSON: {error}", [Issue("$", str(error))]) from None
     g.body = body  # echoed in error responses from here on

@@ -12,14 +12,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from engine.errors import ParticipantNotFound, RequestInFlight
+from engine.errors import ParticipantNotFound, RequestInFlight, UnstorableText
 from engine.model import commands
 from engine.model.conventions import compact_json
 from engine.model.types import ParticipantType
 from engine.service import idempotency
 from engine.service.batches import ITEM_SEPARATOR, summary
 from engine.service.participants import Service
-from engine.storage.interface import Batch, BatchItem, OutboxEntry, StorageUnavailable
+from engine.storage.interface import (
+    Batch,
+    BatchItem,
+    OutboxEntry,
+    StorageConflict,
+    StorageUnavailable,
+)
 
 __all__ = ["BatchWorker"]
 
@@ -117,10 +123,12 @@ class BatchWorker:
             self.service.execute(ptype, command, _render)
         except ParticipantNotFound as error:  # what a single update answers with 404
             self._fail(batch, index, f"{error} in this tenant", error.participant_id)
+        except UnstorableText as error:  # what a single request answers with 400
+            self._fail(batch, index, str(error))
         except RequestInFlight:
             return False  # another worker is calling this item's onRequest hook
-        except StorageUnavailable:
-            raise  # the database is unavailable: the item stays pending for the next round
+        except (StorageUnavailable, StorageConflict):
+            raise  # the database is unavailable or busy: the item stays pending for next round
         except Exception:
             log.exception("batch %s item %d could not be applied", batch.id, index)
             self._fail(batch, index, "internal error: the item was not applied")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from engine.errors import Issue
 from engine.model.conventions import CORE_EDITABLE, REASON_CODE
 from engine.model.decisions import Change
+from engine.model.strictjson import nul_path
 
 __all__ = ["Command", "build", "replace_fields"]
 
@@ -86,6 +87,8 @@ def _replacement_issues(kind: str, fields: dict) -> list[str]:
                 problems.append("reasonCode must look like R-nnnn")
         elif value is not None and not (isinstance(value, str) and len(value) <= 256):
             problems.append(f"{name} must be text of at most 256 characters, or null")
+        if (path := nul_path(value, name)) is not None:  # as a request carrying one is a 400
+            problems.append(f"{path} holds U+0000 (NUL), which the service does not store")
     return problems
 
 

@@ -128,6 +128,10 @@ def parse(definition: Definition, kind: str, text: str) -> list[Item]:
             continue
         if not cells or all(cell == "" for cell in cells):
             continue  # blank lines are not rows
+        if any("\0" in cell for cell in cells):  # as a JSON body carrying one is a 400
+            items.append(Item(cells, f"line {reader.line_num}: a cell contains U+0000 (NUL), "
+                                     "which the service does not store"))
+            continue
         if len(cells) != len(columns):
             items.append(Item(cells, f"line {reader.line_num}: {len(cells)} cells, but the "
                                      f"header names {len(columns)} columns"))

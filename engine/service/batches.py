@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.errors import BatchNotFound
 from engine.service import idempotency
+from engine.service.retries import retrying
 from engine.storage.interface import Batch, BatchItem, Storage
 
 __all__ = ["ITEM_SEPARATOR", "KINDS", "Item", "accept", "item_outcome", "listed", "status",
@@ -55,15 +56,19 @@ def accept(storage: Storage, *, tenant_id: str, plural: str, kind: str, request_
                   failed, now, None, request_id, user_info, callback, callback_secret, token)
     rows = [BatchItem(i, "pending" if item.reason is None else "failed", item.body,
                       reason=item.reason) for i, item in enumerate(items)]
-    with storage.write() as uow:
-        replay = idempotency.lookup(uow, tenant_id, request_id, fingerprint, now)
-        if replay is not None:
-            return replay[0], replay[1], True
-        uow.batches.add(batch, rows)
-        status_code, body = render(batch.id)
-        uow.idempotency.save(tenant_id, request_id, fingerprint, status_code, body, now)
-        storage.work_queued()  # the dispatcher's batch worker hears of it once this commits
-    return status_code, body, False
+
+    def unit() -> tuple[int, str, bool]:
+        with storage.write() as uow:
+            replay = idempotency.lookup(uow, tenant_id, request_id, fingerprint, now)
+            if replay is not None:
+                return replay[0], replay[1], True
+            uow.batches.add(batch, rows)
+            status_code, body = render(batch.id)
+            uow.idempotency.save(tenant_id, request_id, fingerprint, status_code, body, now)
+            storage.work_queued()  # the dispatcher's batch worker hears of it once committed
+        return status_code, body, False
+
+    return retrying(unit)
 
 
 # -- outcomes ----------------------------------------------------------------------------------

@@ -21,11 +21,13 @@ def fingerprint(method: str, path: str, body) -> str:
 
 def lookup(uow: UnitOfWork, tenant_id: str, request_id: str, digest: str, now: int, *,
            reserved: bool = False) -> tuple[int, str] | None:
-    """The stored (status, body) to replay, None if the key is free; raises on conflicts.
+    """Inside a write: the stored (status, body) to replay, None if the key is free (it is
+    then this write's: a concurrent request with the same key waits for this write to end and
+    replays its answer); raises on conflicts.
 
     `reserved` says the caller holds the key's reservation itself (it called a hook meanwhile).
     """
-    key = uow.idempotency.find(tenant_id, request_id)
+    key = uow.idempotency.claim(tenant_id, request_id, digest, now)
     if key is None:
         return None
     if key.fingerprint != digest:

@@ -9,16 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.delivery.hooks import HookCaller, expand_headers, hook_body, waits
-from engine.errors import Issue, ParticipantNotFound, PreconditionFailed
+from engine.errors import Issue, ParticipantNotFound, PreconditionFailed, UnstorableText
 from engine.model import events
 from engine.model import failures as F
 from engine.model.commands import Command
 from engine.model.conventions import index_value
 from engine.model.decisions import Failure, Snapshot, decide
 from engine.model.events import EventContext
+from engine.model.strictjson import nul_path
 from engine.model.types import ParticipantType
 from engine.service import batches, idempotency
 from engine.service.queries import ListQuery, check
+from engine.service.retries import retrying
 from engine.storage.interface import OutboxEntry, Storage, StoredParticipant, UnitOfWork
 
 __all__ = ["Command", "Service", "WriteResult", "participant_id_for"]
@@ -105,16 +107,12 @@ class Service:
         A waited onRequest hook is called first, outside any database lock, while the request
         id is reserved (a repeat meanwhile gets 409).
         """
+        if (path := nul_path(command.body)) is not None:
+            raise UnstorableText(path)  # before any backend sees it: refused alike on both
         if waits(command.on_request):
-            now = self._now_ms()
-            with self.storage.write() as uow:
-                replay = idempotency.lookup(uow, command.tenant_id, command.request_id,
-                                            command.fingerprint, now)
-                if replay is not None:
-                    return WriteResult(replay[0], replay[1], True)
-                self._target(uow, ptype, command)  # 404 and 412 before calling anybody
-                uow.idempotency.reserve(command.tenant_id, command.request_id,
-                                        command.fingerprint, now, now + self.hook_lease_ms)
+            replayed = retrying(lambda: self._reserve(ptype, command))
+            if replayed is not None:
+                return replayed
             try:
                 command, hook_record = self.hooks.on_request(command)
                 return self._commit(ptype, command, render, hook_record)
@@ -124,8 +122,26 @@ class Service:
                 raise
         return self._commit(ptype, command, render, None)
 
+    def _reserve(self, ptype: ParticipantType, command: Command) -> WriteResult | None:
+        """Reserve the request id for a hook call; the stored answer if it has one already."""
+        now = self._now_ms()
+        with self.storage.write() as uow:
+            replay = idempotency.lookup(uow, command.tenant_id, command.request_id,
+                                        command.fingerprint, now)
+            if replay is not None:
+                return WriteResult(replay[0], replay[1], True)
+            self._target(uow, ptype, command)  # 404 and 412 before calling anybody
+            uow.idempotency.reserve(command.tenant_id, command.request_id,
+                                    command.fingerprint, now, now + self.hook_lease_ms)
+        return None
+
     def _commit(self, ptype: ParticipantType, command: Command, render: Render,
                 hook_record: dict | None) -> WriteResult:
+        """Decide and write the command in one unit of work, again if it lost a race."""
+        return retrying(lambda: self._commit_once(ptype, command, render, hook_record))
+
+    def _commit_once(self, ptype: ParticipantType, command: Command, render: Render,
+                     hook_record: dict | None) -> WriteResult:
         now = self._now_ms()
         with self.storage.write() as uow:
             replay = idempotency.lookup(uow, command.tenant_id, command.request_id,
@@ -235,7 +251,7 @@ class Service:
         if current is None:
             uow.participants.insert(participant)
         elif not uow.participants.update(participant, current.version):
-            # cannot happen while the backend serializes writers; never write blind
+            # cannot happen: get() in a write holds off concurrent writers; never write blind
             raise RuntimeError(f"compare-and-set failed on {participant_id}")
         if (current is None or outcome.transitioned) and _has_timer(ptype, outcome.state):
             self.storage.work_queued()  # a new due time for the dispatcher (see _has_timer)

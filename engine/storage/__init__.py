@@ -4,9 +4,16 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from engine.storage.interface import Storage, StorageUnavailable, StoredParticipant
+from engine.storage import forks  # noqa: F401 - first, so its fork hook runs before others
+from engine.storage.interface import (
+    Storage,
+    StorageConflict,
+    StorageUnavailable,
+    StoredParticipant,
+)
 
-__all__ = ["Storage", "StorageUnavailable", "StoredParticipant", "is_postgres", "open_storage"]
+__all__ = ["Storage", "StorageConflict", "StorageUnavailable", "StoredParticipant", "is_postgres",
+           "open_storage"]
 
 
 def is_postgres(database: str) -> bool:

@@ -20,7 +20,7 @@ from engine.storage.doorbell import Doorbell
 __all__ = [
     "QUERYABLE_FIELDS", "Batch", "BatchItem", "Batches", "Claimed", "DueTimer", "Events",
     "Idempotency", "IdempotencyKey", "Outbox", "OutboxEntry", "Participants", "Storage",
-    "StorageUnavailable", "StoredParticipant", "UnitOfWork",
+    "StorageConflict", "StorageUnavailable", "StoredParticipant", "UnitOfWork",
 ]
 
 
@@ -31,6 +31,11 @@ QUERYABLE_FIELDS = ("id", "state", "name", "owner", "category", "subCategory", "
 
 class StorageUnavailable(Exception):
     """The database did not answer or the connection was lost; the transaction rolled back."""
+
+
+class StorageConflict(Exception):
+    """The transaction lost a race with a concurrent one and rolled back; retrying the whole
+    unit of work sees the winner."""
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -149,7 +154,9 @@ class BatchItem:
 class Participants(Protocol):
     def get(self, tenant_id: str, participant_id: str, *,
             archived: bool = False) -> StoredParticipant | None:
-        """The participant, or None; archived ones only when `archived` is true."""
+        """The participant, or None; archived ones only when `archived` is true. Inside a
+        write, concurrent writes of the same participant (its creation included) wait until
+        this one ends, so the compare-and-set in update() never loses to them."""
 
     def insert(self, participant: StoredParticipant) -> None: ...
 
@@ -197,6 +204,14 @@ class Events(Protocol):
 
 class Idempotency(Protocol):
     def find(self, tenant_id: str, request_id: str) -> IdempotencyKey | None: ...
+
+    def claim(self, tenant_id: str, request_id: str, fingerprint: str,
+              now: int) -> IdempotencyKey | None:
+        """Inside a write: the stored key, or None when it is free and now this write's.
+
+        A concurrent write that claims the same key waits until this one commits (then finds
+        its answer) or rolls back (then the key is free again); nothing of the claim outlives
+        a rollback, and save() or reserve() in the same write fills it."""
 
     def reserve(self, tenant_id: str, request_id: str, fingerprint: str, now: int,
                 lease_until: int) -> None: ...

@@ -1,8 +1,9 @@
-"""List queries as SQLite SQL: OS1 operators on indexed attributes and core fields."""
+"""List queries as SQLite SQL: OS1 operators on indexed attributes and core fields, with the
+semantics of engine.storage.conditions."""
 
 from __future__ import annotations
 
-from engine.model.conventions import index_value
+from engine.storage.conditions import NUMBER, Condition, conditions, like_escape
 from engine.storage.interface import QUERYABLE_FIELDS
 
 __all__ = ["run"]
@@ -15,10 +16,29 @@ _COLUMNS = {
 }
 assert tuple(_COLUMNS) == QUERYABLE_FIELDS
 _RELATIONS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+# attribute_index.value has no type affinity: a number and a string are never equal, but every
+# string sorts after every number, so ranges and LIKE keep to values of their own kind.
+_OF_KIND = {NUMBER: "typeof(value) IN ('integer', 'real') AND ",
+            "text": "typeof(value) = 'text' AND "}
 
 
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _condition(condition: Condition, target: str, attribute: bool) -> tuple[str, list]:
+    """SQL and parameters of one condition on `target` (a column, or attribute values)."""
+    op, value = condition.op, condition.value
+    guard = _OF_KIND[condition.kind] if attribute and condition.kind else ""
+    if op == "eq":
+        return f"{target} = ?", [value]
+    if op == "in":
+        values = [*condition.numbers, *condition.texts]
+        return f"{target} IN ({', '.join('?' * len(values))})", values
+    if op in _RELATIONS:
+        return f"{guard}{target} {_RELATIONS[op]} ?", [value]
+    if op == "prefix":
+        return f"{guard}{target} LIKE ? ESCAPE '\\'", [like_escape(value) + "%"]
+    if op == "contains":
+        return f"{guard}{target} LIKE ? ESCAPE '\\'", ["%" + like_escape(value) + "%"]
+    assert op == "exists"
+    return ("1", []) if attribute else (f"{target} IS NOT NULL", [])
 
 
 class _Builder:
@@ -26,47 +46,28 @@ class _Builder:
         self.where = ["p.tenant_id = ?", "p.type = ?", "p.archived_at IS NULL"]
         self.params: list = [tenant_id, plural]
 
-    def _attribute(self, condition: str, key: str, values: list) -> None:
-        # Not correlated with p: SQLite runs it once on attribute_index_lookup, then finds the
-        # matching participants by primary key.
-        self.where.append(
-            "p.id IN (SELECT participant_id FROM attribute_index WHERE tenant_id = ?"
-            f" AND type = ? AND name = ? AND {condition})")
-        self.params += [self.params[0], self.params[1], key, *values]
-
-    def clause(self, operator: str, clause: dict) -> None:
-        key = clause["key"]
-        column = _COLUMNS.get(key)
-        target = f"p.{column}" if column else "value"
-        if operator == "term":
-            condition, values = f"{target} = ?", [index_value(clause["value"])]
-        elif operator == "terms":
-            marks = ", ".join("?" * len(clause["values"]))
-            condition = f"{target} IN ({marks})"
-            values = [index_value(v) for v in clause["values"]]
-        elif operator == "range":
-            condition = f"{target} {_RELATIONS[clause['relation']]} ?"
-            values = [index_value(clause["value"])]
-        elif operator == "prefix":
-            condition, values = f"{target} LIKE ? ESCAPE '\\'", [_like(clause["value"]) + "%"]
-        elif operator == "match":
-            condition = f"{target} LIKE ? ESCAPE '\\'"
-            values = ["%" + _like(clause["value"]) + "%"]
-        else:  # exists
-            condition, values = (f"{target} IS NOT NULL", []) if column else ("1", [])
-        if column:
-            self.where.append(condition)
+    def add(self, condition: Condition) -> None:
+        if condition.op == "never":
+            self.where.append("0")
+        elif condition.field is not None:
+            sql, values = _condition(condition, f"p.{_COLUMNS[condition.field]}", False)
+            self.where.append(sql)
             self.params += values
         else:
-            self._attribute(condition, key, values)
+            # Not correlated with p: SQLite runs it once on attribute_index_lookup, then finds
+            # the matching participants by primary key.
+            sql, values = _condition(condition, "value", True)
+            self.where.append(
+                "p.id IN (SELECT participant_id FROM attribute_index WHERE tenant_id = ?"
+                f" AND type = ? AND name = ? AND {sql})")
+            self.params += [self.params[0], self.params[1], condition.key, *values]
 
 
 def run(conn, definition, tenant_id: str, query, columns: str):
     """Rows of one page of the participants matching a checked `query`, and the total count."""
     builder = _Builder(definition.plural, tenant_id)
-    for operator, clauses in query.clauses.items():
-        for clause in clauses:
-            builder.clause(operator, clause)
+    for condition in conditions(query):
+        builder.add(condition)
     order = _COLUMNS.get(query.sort_key)
     join, join_params = "", []
     if order is None:

@@ -186,6 +186,10 @@ class _Idempotency:
             " WHERE tenant_id = ? AND request_id = ?", (tenant_id, request_id)).fetchone()
         return IdempotencyKey(*row) if row else None
 
+    def claim(self, tenant_id, request_id, fingerprint, now):
+        # Writers are serialized (BEGIN IMMEDIATE): nobody else can claim the key meanwhile.
+        return self.find(tenant_id, request_id)
+
     def reserve(self, tenant_id, request_id, fingerprint, now, lease_until):
         self.conn.execute(
             "INSERT INTO idempotency (tenant_id, request_id, fingerprint, status, response,"

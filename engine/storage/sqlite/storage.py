@@ -14,6 +14,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.db import sqlite3
 
+from engine.storage import forks
 from engine.storage.doorbell import Doorbell
 from engine.storage.interface import StorageUnavailable
 from engine.storage.sqlite.repositories import SqliteUnitOfWork
@@ -54,8 +55,7 @@ def _after_fork_in_child() -> None:
         store._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.after_fork_in_child(_after_fork_in_child)
 
 
 
