@@ -96,3 +96,11 @@ class InvalidQuery(EngineError):
     def __init__(self, issues: list[Issue]):
         self.issues = issues
         super().__init__("invalid query: " + "; ".join(f"{i.path} {i.message}" for i in issues))
+
+
+class InvalidDryRun(EngineError):
+    """A dry run that cannot start (a start state the type lacks, replay with steps…)."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        super().__init__("invalid dry run: " + "; ".join(f"{i.path} {i.message}" for i in issues))

@@ -340,6 +340,21 @@ def test_every_response_of_a_scenario_matches_the_document(client, app):
     call("GET", f"{vehicles}/vehicles:missing/events", 404, headers=headers())
     _error_cases(call, app, "GET", f"{participant}/events", None, write=False)
 
+    # dry runs: steps, a draft with errors, a replay, refusals
+    dry = f"{BASE}/participant-types/vehicles/dry-run"
+    call("POST", dry, 200, headers=headers(), json={
+        "start": {"create": {"uniqueCode": "D-1", "properties": {"registrationNumber": "DR-1"}}},
+        "steps": [{"properties": {"axles": 3}}, {"eventCode": "E-022"},
+                  {"stateTransition": {"eventCode": "E-101"}}]})
+    call("POST", dry, 200, json={"machine": "participantType: {"}, headers=headers())
+    call("POST", dry, 200, json={"replay": {"participantId": pid}}, headers=headers())
+    call("POST", dry, 404, json={"replay": {"participantId": pid}}, headers=headers("b"))
+    call("POST", f"{BASE}/participant-types/trains/dry-run", 404, json={}, headers=headers())
+    call("POST", dry, 400, json={"steps": [{"eventCode": "nope"}]}, headers=headers())
+    call("POST", dry, 415, data="{}", headers=headers(), content_type="text/plain")
+    call("POST", dry, 413, json={"machine": "x" * (1024 * 1024)}, headers=headers())
+    _error_cases(call, app, "POST", dry, {}, write=False)
+
     # lists
     call("GET", vehicles, 200, headers=headers())
     query = json.dumps({"term": [{"key": "fuelType", "value": "Electric"}],

@@ -441,7 +441,7 @@ ALLOWED = {
     "lint": {"model", "loading", "schemas"},
     "storage": {"model"},
     "delivery": {"model"},
-    "service": {"model", "storage", "delivery"},
+    "service": {"model", "loading", "storage", "delivery"},
     "jobs": {"model", "storage", "delivery", "service"},
 }
 

@@ -204,7 +204,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         storage, idempotency_retention_ms=1000 * _int(
             config, "PARTICIPANTS_IDEMPOTENCY_RETENTION_SECONDS"),
         hooks=HookCaller(allow_private=allow_private, connect_timeout=min(5, hook_timeout),
-                         read_timeout=hook_timeout))
+                         read_timeout=hook_timeout),
+        machines=config["PARTICIPANTS_MACHINES"])
     policy = DeliveryPolicy(schedule=_schedule(config),
                             read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"),
                             lease_seconds=_int(config, "PARTICIPANTS_DELIVERY_LEASE_SECONDS"))

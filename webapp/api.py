@@ -73,6 +73,20 @@ def get_type(plural):
     return respond(views.participant_type(ptype.definition, ptype.machine.diagram()))
 
 
+@bp.post("/participant-types/<plural>/dry-run")
+def dry_run(plural):
+    """SPEC §7: decide a start and steps (or replay a history) without writing anything."""
+    caller = _caller()
+    body = read_json(request)
+    validate("DryRunRequest", body)
+    loaded = _state().types.get(plural)
+    if loaded is None and "machine" not in body:
+        _type(plural)  # 404: no such type, and no draft of it
+    result = _state().service.dry_run(caller.tenant_id, plural, body, loaded)
+    return Response(dumps({"data": result.data, "request": echo(body)}),
+                    mimetype="application/json")
+
+
 @bp.get("/openapi.json")
 def openapi():
     return Response(dumps(OPENAPI), mimetype="application/json")

@@ -7,6 +7,7 @@ from werkzeug.exceptions import HTTPException
 from engine.errors import (
     BatchNotFound,
     DefinitionError,
+    InvalidDryRun,
     InvalidQuery,
     Issue,
     ParticipantNotFound,
@@ -61,6 +62,7 @@ class TooLarge(ApiError):
 # exception class -> (status, code); the first matching class wins
 TABLE: list[tuple[type[BaseException], int, str]] = [
     (InvalidQuery, 400, "101170024000"),
+    (InvalidDryRun, 400, "101170024000"),
     (UnstorableText, 400, "101170024000"),
     (UnknownParticipantType, 404, "101170024041"),
     (ParticipantNotFound, 404, "101170024042"),

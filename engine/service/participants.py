@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.delivery.hooks import HookCaller, expand_headers, hook_body, waits
 from engine.errors import Issue, ParticipantNotFound, PreconditionFailed, UnstorableText
@@ -18,7 +19,7 @@ from engine.model.decisions import Failure, Snapshot, decide
 from engine.model.events import EventContext
 from engine.model.strictjson import nul_path
 from engine.model.types import ParticipantType
-from engine.service import batches, idempotency
+from engine.service import batches, dryrun, idempotency
 from engine.service.queries import ListQuery, check
 from engine.service.retries import retrying
 from engine.storage.interface import OutboxEntry, Storage, StoredParticipant, UnitOfWork
@@ -56,8 +57,10 @@ class Service:
 
     def __init__(self, storage: Storage, *, idempotency_retention_ms: int = 86_400_000,
                  prune_every: int = 500, hooks: HookCaller | None = None,
-                 hook_lease_ms: int = 120_000, clock: Callable[[], float] = time.time):
+                 hook_lease_ms: int = 120_000, clock: Callable[[], float] = time.time,
+                 machines: Path | str | None = None):
         self.storage = storage
+        self.machines = Path(machines) if machines is not None else None  # for drafts' codes
         self.clock = clock
         self.hooks = hooks or HookCaller()
         self.hook_lease_ms = hook_lease_ms
@@ -94,6 +97,26 @@ class Service:
     def batch_status(self, tenant_id: str, plural: str, batch_id: str) -> dict:
         """OS1's BatchResponse of one of the tenant's batches."""
         return batches.status(self.storage, tenant_id, plural, batch_id)
+
+    def dry_run(self, tenant_id: str, plural: str, body: dict,
+                loaded: ParticipantType | None) -> dryrun.DryRun:
+        """Decide a dry run (SPEC §7) against `loaded` or the body's draft; writes nothing."""
+        if (path := nul_path(body)) is not None:
+            raise UnstorableText(path)  # as a real write would refuse it
+
+        def participant(participant_id: str) -> StoredParticipant | None:
+            with self.storage.read() as uow:
+                return uow.participants.get(tenant_id, participant_id)
+
+        def exists(unique_code: str) -> bool:
+            with self.storage.read() as uow:
+                return uow.participants.get(tenant_id, participant_id_for(
+                    tenant_id, plural, unique_code), archived=True) is not None
+
+        return dryrun.run(
+            body, plural=plural, loaded=loaded, machines=self.machines, participant=participant,
+            history=lambda pid, limit, offset: self.history(tenant_id, pid, limit, offset),
+            exists=exists)
 
     # -- writes ----------------------------------------------------------------------------
 
