@@ -153,4 +153,6 @@ def test_script_runs_as_a_subprocess():
     result = subprocess.run([sys.executable, "validate_machines.py"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.endswith("0 errors, 0 warnings in 5 files\n")
+    scenarios = len(list((ROOT / "machines" / "scenarios").glob("*.yaml")))
+    assert scenarios >= 2
+    assert result.stdout.endswith(f"0 errors, 0 warnings in 5 files and {scenarios} scenarios\n")

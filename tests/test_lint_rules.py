@@ -52,9 +52,11 @@ def test_good_case_is_clean(case, monkeypatch, capsys):
     """A rule's good folder lints without any error or warning."""
     monkeypatch.chdir(CASES_DIR / case)
     files = len([p for p in Path("good").iterdir() if p.suffix in (".yaml", ".yml")])
+    scenarios = len(list(Path("good").glob("scenarios/*.yaml")))
     status, out = lint(capsys, "good")
     assert status == 0
-    assert out == f"0 errors, 0 warnings in {files} file{'' if files == 1 else 's'}\n"
+    ran = f" and {scenarios} scenario{'' if scenarios == 1 else 's'}" if scenarios else ""
+    assert out == f"0 errors, 0 warnings in {files} file{'' if files == 1 else 's'}{ran}\n"
 
 
 def test_every_rule_has_a_case():

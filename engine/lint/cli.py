@@ -1,4 +1,8 @@
-"""The linter's command line: `python validate_machines.py [--format F] [--strict] [PATH ...]`."""
+"""The linter's command line: `python validate_machines.py [--format F] [--strict] [PATH ...]`.
+
+For every folder it lints, the command also runs the scenario files of its scenarios/ subfolder
+(unless --no-scenarios), once the folder's machine files have no errors.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.errors import DefinitionError
+from engine.loading.registry import load_registry
+
 from ._rule import RULES
 from .formatters import FORMATS
-from .runner import collect_files, lint_paths
+from .runner import Problem, collect_files, lint_paths
+from .scenarios import SCENARIO_FOLDER, find_scenarios, run_scenarios
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=sorted(FORMATS), default="text",
                         help="output format (default: text)")
     parser.add_argument("--strict", action="store_true", help="warnings fail the run too")
+    parser.add_argument("--no-scenarios", action="store_true",
+                        help=f"do not run the folders' {SCENARIO_FOLDER}/*.yaml")
     parser.add_argument("--list-rules", action="store_true", help="print the rules and exit")
     return parser
 
@@ -50,6 +60,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(map(str, paths))}", file=sys.stderr)
         return 2
     problems = lint_paths(paths)
-    sys.stdout.write(FORMATS[args.format](problems, len(files)))
+    scenarios = 0
+    if not args.no_scenarios and not any(p.severity == "error" for p in problems):
+        for folder in (p for p in paths if p.is_dir()):
+            found = find_scenarios([folder])
+            if found:
+                problems += _scenario_problems(folder, found)
+                scenarios += len(found)
+    sys.stdout.write(FORMATS[args.format](sorted(problems), len(files), scenarios))
     failing = {"error", "warning"} if args.strict else {"error"}
     return 1 if any(p.severity in failing for p in problems) else 0
+
+
+def _scenario_problems(folder: Path, files: list[Path]) -> list[Problem]:
+    try:
+        registry = load_registry(folder)
+    except DefinitionError as error:  # e.g. a folder of only codes.yaml: no types to run
+        return [Problem(str(f), 1, 1, "E901", f"cannot run: {error.problems[0]}")
+                for f in files]
+    return run_scenarios(files, registry)

@@ -10,29 +10,30 @@ from .runner import Problem
 __all__ = ["FORMATS", "summary"]
 
 
-def summary(problems: list[Problem], files: int) -> str:
+def summary(problems: list[Problem], files: int, scenarios: int = 0) -> str:
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
 
     def plural(n: int, word: str) -> str:
         return f"{n} {word}{'' if n == 1 else 's'}"
 
+    ran = f" and {plural(scenarios, 'scenario')}" if scenarios else ""
     return (f"{plural(errors, 'error')}, {plural(warnings, 'warning')} "
-            f"in {plural(files, 'file')}")
+            f"in {plural(files, 'file')}{ran}")
 
 
-def text(problems: list[Problem], files: int) -> str:
-    return "".join(f"{p}\n" for p in problems) + summary(problems, files) + "\n"
+def text(problems: list[Problem], files: int, scenarios: int = 0) -> str:
+    return "".join(f"{p}\n" for p in problems) + summary(problems, files, scenarios) + "\n"
 
 
-def as_json(problems: list[Problem], files: int) -> str:
+def as_json(problems: list[Problem], files: int, scenarios: int = 0) -> str:
     return json.dumps({
         "problems": [
             {"file": p.file, "line": p.line, "col": p.col, "rule": p.rule,
              "severity": p.severity, "message": p.message}
             for p in problems
         ],
-        "summary": summary(problems, files),
+        "summary": summary(problems, files, scenarios),
     }, indent=2) + "\n"
 
 
@@ -41,16 +42,16 @@ def _escape(value: str, *, prop: bool = False) -> str:
     return value.replace(":", "%3A").replace(",", "%2C") if prop else value
 
 
-def github(problems: list[Problem], files: int) -> str:
+def github(problems: list[Problem], files: int, scenarios: int = 0) -> str:
     lines = [
         f"::{p.severity} file={_escape(p.file, prop=True)},line={p.line},col={p.col},"
         f"title={p.rule}::{_escape(p.rule + ' ' + p.message)}"
         for p in problems
     ]
-    return "".join(f"{line}\n" for line in lines) + summary(problems, files) + "\n"
+    return "".join(f"{line}\n" for line in lines) + summary(problems, files, scenarios) + "\n"
 
 
-def sarif(problems: list[Problem], files: int) -> str:
+def sarif(problems: list[Problem], files: int, scenarios: int = 0) -> str:
     used = sorted({p.rule for p in problems})
     return json.dumps({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",

@@ -66,13 +66,21 @@ def _expected(types) -> str:
     return " or ".join(names.get(t, t) for t in types)
 
 
-def _findings(error: jsonschema.ValidationError):
+_CODE_NAMES = {EVENT_CODE_PATTERN: "E-nnn, from E-001 to E-999",
+               REASON_CODE_PATTERN: "R-nnnn, from R-0001 to R-9999",
+               "^[0-9]{12}$": "a 12-digit error code such as '101170021090'"}
+
+
+def schema_findings(error: jsonschema.ValidationError, *, dedicated: bool = True):
+    """Findings of one schema error; `dedicated`: leave patterns that rules of their own
+    report (E101, E102, E501) to those rules."""
     path = tuple(error.absolute_path)
     where = f"'{path[-1]}'" if path else "the file"
     if error.validator == "pattern":
-        if error.validator_value in _DEDICATED_PATTERNS:
+        if dedicated and error.validator_value in _DEDICATED_PATTERNS:
             return
-        rule_text = _PATTERN_NAMES.get(error.validator_value, error.validator_value)
+        rule_text = _PATTERN_NAMES.get(error.validator_value) or _CODE_NAMES.get(
+            error.validator_value, error.validator_value)
         if "propertyNames" in error.schema_path:
             yield Finding(path + (error.instance,),
                           f"'{error.instance}' is not a valid name here: use {rule_text}",
@@ -113,7 +121,7 @@ def schema(ctx: Context):
     machine, codes = validators()
     validator = codes if ctx.is_codes else machine
     for error in validator.iter_errors(ctx.doc.data):
-        yield from _findings(error)
+        yield from schema_findings(error)
 
 
 @rule("E010", "The file name equals participantType.plural")

@@ -51,6 +51,12 @@ class Registry(Mapping):
         except KeyError:
             raise UnknownParticipantType(plural) from None
 
+    def __contains__(self, plural) -> bool:
+        return plural in self._types
+
+    def get(self, plural: str, default=None):
+        return self._types.get(plural, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._types)
 
