@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from engine.loading.registry import load_registry
 
@@ -680,6 +681,19 @@ def apps(new_database):
 
 # -- a real server ------------------------------------------------------------------------------
 
+def wait_until(condition, what: str, timeout: float = 60):
+    """The first true value of `condition()` (polled), or an AssertionError naming `what` after
+    `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -704,7 +718,10 @@ def _group_alive(pgid: int) -> list[int]:
 
 class Server:
     """A real gunicorn process group serving the app on loopback, on a SQLite file or a
-    PostgreSQL URL; its output goes to `log_path`."""
+    PostgreSQL URL; its output is appended to `log_path`. It is a session of its own, so that
+    kill() reaches every worker, and it counts as started once it answers a request."""
+
+    TIMEOUT = 60  # seconds: any one wait for the server; only a hang reaches it
 
     def __init__(self, database, log_path, workers: int = 2, extra_env: dict | None = None):
         self.database = str(database)
@@ -719,17 +736,21 @@ class Server:
                  "webapp:create_app()"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.log)
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.kill()
-        raise RuntimeError("gunicorn did not start in 30 s")
+        try:
+            wait_until(self._answers, "gunicorn to answer", self.TIMEOUT)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log}")
+        try:
+            response = requests.get(f"{self.url}{BASE}/participant-types", headers=headers(),
+                                    timeout=5)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
 
     @property
     def log(self) -> str:
@@ -742,16 +763,15 @@ class Server:
         except ProcessLookupError:
             pass
         self.process.wait()
-        deadline = time.monotonic() + 30
-        while _group_alive(self.process.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: not _group_alive(self.process.pid), "the killed workers to die",
+                   self.TIMEOUT)
 
     def stop(self) -> str:
         """Stop the server (SIGTERM, SIGKILL if that takes too long); returns its log."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 pass
         self.kill()

@@ -21,6 +21,7 @@ repeats them (the kill moments still depend on timing).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,15 +41,16 @@ import requests
 from tests.conftest import (
     BASE,
     ROOT,
+    Server,
     assert_clean_log,
     close_app,
-    free_port,
     headers,
     inspect,
     make_app,
     rows,
     scale,
     service_config,
+    wait_until,
 )
 from tests.receivers import Receiver, Reply
 
@@ -64,94 +67,12 @@ FUELS = ("Diesel", "Gasoline", "Electric", "CNG")
 CUT_OFF = requests.RequestException
 
 
-def wait_until(condition, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def query(database: str, sql: str, *params) -> list[tuple]:
     return rows(database, sql, *params)
 
 
 def integrity(database: str) -> str:
     return inspect(database).integrity()
-
-
-# -- processes ----------------------------------------------------------------------------------
-
-def _group_alive(pgid: int) -> list[int]:
-    """Members of process group `pgid` that are still running (zombies are dead enough: they
-    hold no file locks; whoever adopted them reaps them)."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
-        if int(group) == pgid and state not in ("Z", "X"):
-            alive.append(int(entry))
-    return alive
-
-
-class KillableServer:
-    """gunicorn in a session (process group) of its own, so SIGKILL reaches every worker."""
-
-    def __init__(self, database: str, log_path: Path, workers: int = 3):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **service_config(database)}
-        with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind",
-                 f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "--no-control-socket",
-                 "webapp:create_app()"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pgid = self.process.pid
-        self.log_path = log_path
-        try:
-            wait_until(self._ready, "gunicorn to answer")
-        except BaseException:
-            self.kill()
-            raise
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n"
-                                 + self.log_path.read_text(errors="replace")[-3000:])
-        try:
-            response = requests.get(f"{self.url}{BASE}/participant-types", headers=headers(),
-                                    timeout=5)
-        except CUT_OFF:
-            return False
-        return response.status_code == 200
-
-    def kill(self) -> None:
-        """SIGKILL to the whole group; returns once no member is running any more."""
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-        wait_until(lambda: not _group_alive(self.pgid), "the killed workers to die")
-
-    def stop(self) -> None:
-        """A graceful stop (SIGTERM), SIGKILL if that takes too long."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
 
 
 # -- the writers --------------------------------------------------------------------------------
@@ -294,6 +215,56 @@ class Writer:
                     return
 
 
+class Load:
+    """Writers writing on threads of their own (see `writing`), and a kill under them."""
+
+    def __init__(self, writers: list[Writer]):
+        self.writers = writers
+        self.killed = threading.Event()
+        self.started = self.acknowledged()
+
+    def acknowledged(self, writers: list[Writer] | None = None) -> int:
+        """How many writes `writers` (all of them by default) have had answered 202 so far."""
+        return sum(len(w.acks) for w in (self.writers if writers is None else writers))
+
+    def wait_for(self, count: int, what: str, writers: list[Writer] | None = None) -> None:
+        """Until `writers` (all of them by default) have `count` acknowledged writes, or any
+        writer has an error."""
+        wait_until(lambda: self.acknowledged(writers) >= count
+                   or any(w.errors for w in self.writers), what)
+
+    def kill_at_random(self, kill: Callable[[], None], rng: random.Random, after: int,
+                       latest: float) -> None:
+        """Once `after` more writes are acknowledged, `kill()` at a random moment up to `latest`
+        s later; the writes it cuts off are set aside (Writer.cut_off), not errors."""
+        self.wait_for(self.started + after, "writes to be acknowledged")
+        time.sleep(rng.uniform(0.0, latest))
+        self.killed.set()
+        kill()
+
+
+@contextlib.contextmanager
+def writing(writers: list[Writer], urls: list[str]) -> Iterator[Load]:
+    """The writers write on threads of their own until the block ends, spread over `urls`
+    (writer i to urls[i % len(urls)]); then every thread has ended, and no writer may have an
+    error."""
+    load = Load(writers)
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(urls[w.index % len(urls)], stop,
+                                                    load.killed)) for w in writers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield load
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=TIMEOUT)
+            assert not thread.is_alive()
+    for writer in writers:
+        assert not writer.errors, writer.errors
+
+
 # -- the consistency check ----------------------------------------------------------------------
 
 def check_database(database: str, acks: list[Ack]) -> dict:
@@ -399,7 +370,7 @@ def test_every_acknowledged_write_survives_kill_9_of_the_server(database, tmp_pa
     server = None
     try:
         for cycle in range(kills + 1):
-            server = KillableServer(database, log_path)
+            server = Server(database, log_path, workers=3)
             counts = check_database(database, acks)
 
             # Writes whose answer the last kill cut off: each is applied exactly once, whether
@@ -420,37 +391,20 @@ def test_every_acknowledged_write_survives_kill_9_of_the_server(database, tmp_pa
             if cycle == kills:
                 break
 
-            stop, killed = threading.Event(), threading.Event()
-            threads = [threading.Thread(target=w.run, args=(server.url, stop, killed))
-                       for w in writers]
-            started = sum(len(w.acks) for w in writers)
-            for thread in threads:
-                thread.start()
-            try:
+            with writing(writers, [server.url]) as load:
                 # A random moment, once this round has acknowledged a few writes.
-                wait_until(lambda n=started: sum(len(w.acks) for w in writers) >= n + 10
-                           or any(w.errors for w in writers), "writes to be acknowledged")
-                time.sleep(rng.uniform(0.0, 1.5))
-                killed.set()
-                server.kill()
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(timeout=TIMEOUT)
-                    assert not thread.is_alive()
-            for writer in writers:
-                assert not writer.errors, writer.errors
+                load.kill_at_random(server.kill, rng, after=10, latest=1.5)
             acks = [a for w in writers for a in w.acks]
 
         acks = [a for w in writers for a in w.acks]
         counts = check_database(database, acks)
-        server.stop()
+        log = server.stop()
         server = None
     finally:
         if server is not None:
             server.kill()
         receiver.close()
-    assert_clean_log(log_path.read_text(errors="replace"))
+    assert_clean_log(log)
 
     failures = sum(not a.success for a in acks)
     with_callback = sum(bool(a.write.callback_url) for a in acks)
@@ -558,8 +512,7 @@ def test_no_committed_callback_is_lost_when_the_dispatcher_is_killed(database, t
         if app is not None:
             close_app(app)
         receiver.close()
-    log = log_path.read_text(errors="replace")
-    assert "Traceback" not in log, log[-5000:]
+    assert_clean_log(log_path.read_text(errors="replace"))
 
     committed = [e for events in order.values() for e in events]
     assert integrity(database) == "ok"

@@ -30,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import BASE, Server, assert_clean_log, headers, rows, scale
+from tests.conftest import BASE, Server, assert_clean_log, headers, rows, scale, wait_until
 from tests.receivers import Receiver
-from tests.test_crash import SEED, Writer, check_database, wait_until
+from tests.test_crash import SEED, Writer, check_database, writing
 
 pytestmark = pytest.mark.reliability
 
@@ -200,32 +200,13 @@ def test_postgres_kill_9_of_one_host_loses_nothing_and_the_other_keeps_serving(
     try:
         for round_ in range(kills):
             victim, survivor = round_ % 2, 1 - round_ % 2
-            stop, killed = threading.Event(), threading.Event()
-            urls = hosts.urls
-            threads = [threading.Thread(target=w.run, args=(urls[w.index % 2], stop, killed))
-                       for w in writers]
-            started = sum(len(w.acks) for w in writers)
-            for thread in threads:
-                thread.start()
-            try:
-                wait_until(lambda n=started: sum(len(w.acks) for w in writers) >= n + 20
-                           or any(w.errors for w in writers), "writes to be acknowledged")
-                time.sleep(rng.uniform(0.0, 1.0))
-                killed.set()
-                hosts.servers[victim].kill()
+            with writing(writers, hosts.urls) as load:  # writer i on host i % 2
+                load.kill_at_random(hosts.servers[victim].kill, rng, after=20, latest=1.0)
                 # The survivor's writers go on: it answers while the other host is dead.
                 on_survivor = [w for w in writers if w.index % 2 == survivor]
-                before = sum(len(w.acks) for w in on_survivor)
-                wait_until(lambda n=before, ws=on_survivor: sum(len(w.acks) for w in ws) >= n + 20
-                           or any(w.errors for w in writers), "the other host to keep serving")
-                served_after_kill += sum(len(w.acks) for w in on_survivor) - before
-            finally:
-                stop.set()
-                for thread in threads:
-                    thread.join(timeout=TIMEOUT)
-                    assert not thread.is_alive()
-            for writer in writers:
-                assert not writer.errors, writer.errors
+                before = load.acknowledged(on_survivor)
+                load.wait_for(before + 20, "the other host to keep serving", on_survivor)
+                served_after_kill += load.acknowledged(on_survivor) - before
             assert all(not w.cut_off for w in writers if w.index % 2 == survivor)
 
             # What the kill cut off is sent again, to the survivor: each applies exactly once.
@@ -238,8 +219,7 @@ def test_postgres_kill_9_of_one_host_loses_nothing_and_the_other_keeps_serving(
                             writer.errors
             acks = [a for w in writers for a in w.acks]
             counts = check_database(hosts.database, acks)
-            log = hosts.servers[victim].log
-            assert "Traceback" not in log, log[-5000:]
+            assert_clean_log(hosts.servers[victim].log)
             hosts.start(victim)
 
         # Every committed callback arrives: the dead host's claims come back after the lease.

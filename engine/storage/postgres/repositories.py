@@ -6,55 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 
-from engine.model.conventions import compact_json
-from engine.storage.interface import (
-    Batch,
-    BatchItem,
-    Claimed,
-    DueTimer,
-    IdempotencyKey,
-    StoredParticipant,
-)
+from engine.storage import rows
+from engine.storage.interface import DueTimer, IdempotencyKey
 from engine.storage.postgres import queries
 from engine.storage.postgres.queries import index_number
+from engine.storage.rows import BATCH_COLUMNS, PARTICIPANT_COLUMNS
 
-__all__ = ["PARTICIPANT_COLUMNS", "PostgresUnitOfWork", "participant_from_row"]
-
-PARTICIPANT_COLUMNS = (
-    "tenant_id, id, type, unique_code, name, owner, category, sub_category, template_id, "
-    "state, properties, version, created_at, updated_at, state_entered_at, created_by, "
-    "updated_by, callback, callback_secret"
-)
-_BATCH_COLUMNS = ("id, tenant_id, type, kind, status, total, success, failed, created_at,"
-                  " completed_at, request_id, user_info, callback, callback_secret, token")
-
-
-def _load(text):
-    return json.loads(text) if text is not None else None
-
-
-def _dump(value) -> str | None:
-    return compact_json(value) if value is not None else None
+__all__ = ["PARTICIPANT_COLUMNS", "PostgresUnitOfWork"]
 
 
 def _absent(*texts: str) -> bool:
     """Whether a key cannot be stored at all (PostgreSQL text holds no U+0000), so no row has
     it; asking would be an error instead of 'not found'."""
     return any("\0" in text for text in texts)
-
-
-def participant_from_row(row) -> StoredParticipant:
-    values = list(row)
-    for i in (10, 15, 16, 17):
-        values[i] = _load(values[i])
-    return StoredParticipant(*values)
-
-
-def _batch(row) -> Batch:
-    values = list(row)
-    for i in (11, 12):
-        values[i] = _load(values[i])
-    return Batch(*values)
 
 
 def _participant_lock(tenant_id: str, participant_id: str) -> int:
@@ -86,32 +50,30 @@ class _Participants:
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)",
                               (_participant_lock(tenant_id, participant_id),))
             row = self._select(tenant_id, participant_id, archived)
-        return participant_from_row(row) if row else None
-
-    @staticmethod
-    def _values(p: StoredParticipant) -> tuple:
-        return (p.name, p.owner, p.category, p.sub_category, p.template_id, p.state,
-                compact_json(p.properties), p.updated_at, p.state_entered_at,
-                _dump(p.updated_by), _dump(p.callback), p.callback_secret)
+        return rows.participant_from_row(row) if row else None
 
     def insert(self, p):
         self.conn.execute(
             "INSERT INTO participants (name, owner, category, sub_category, template_id, state,"
             " properties, updated_at, state_entered_at, updated_by, callback, callback_secret,"
             " tenant_id, id, type, unique_code, version, created_at, created_by)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s)",
-            (*self._values(p), p.tenant_id, p.id, p.type, p.unique_code, p.version,
-             p.created_at, _dump(p.created_by)))
+            " VALUES (%(name)s, %(owner)s, %(category)s, %(sub_category)s, %(template_id)s,"
+            " %(state)s, %(properties)s, %(updated_at)s, %(state_entered_at)s, %(updated_by)s,"
+            " %(callback)s, %(callback_secret)s, %(tenant_id)s, %(id)s, %(type)s,"
+            " %(unique_code)s, %(version)s, %(created_at)s, %(created_by)s)",
+            rows.participant_row(p))
 
     def update(self, p, expected_version):
         cursor = self.conn.execute(
-            "UPDATE participants SET name = %s, owner = %s, category = %s, sub_category = %s,"
-            " template_id = %s, state = %s, properties = %s, updated_at = %s,"
-            " state_entered_at = %s, updated_by = %s, callback = %s, callback_secret = %s,"
-            " version = %s, timer_blocked_version = NULL"
-            " WHERE tenant_id = %s AND id = %s AND version = %s",
-            (*self._values(p), p.version, p.tenant_id, p.id, expected_version))
+            "UPDATE participants SET name = %(name)s, owner = %(owner)s,"
+            " category = %(category)s, sub_category = %(sub_category)s,"
+            " template_id = %(template_id)s, state = %(state)s, properties = %(properties)s,"
+            " updated_at = %(updated_at)s, state_entered_at = %(state_entered_at)s,"
+            " updated_by = %(updated_by)s, callback = %(callback)s,"
+            " callback_secret = %(callback_secret)s, version = %(version)s,"
+            " timer_blocked_version = NULL WHERE tenant_id = %(tenant_id)s AND id = %(id)s"
+            " AND version = %(expected_version)s",
+            {**rows.participant_row(p), "expected_version": expected_version})
         return cursor.rowcount == 1
 
     def set_index(self, tenant_id, plural, participant_id, values, *, replace):
@@ -133,9 +95,9 @@ class _Participants:
                           " WHERE tenant_id = %s AND id = %s", (tenant_id, participant_id))
 
     def search(self, definition, tenant_id, query):
-        rows, total = queries.run(self.conn, definition, tenant_id, query,
-                                  PARTICIPANT_COLUMNS)
-        return [participant_from_row(r) for r in rows], total
+        found, total = queries.run(self.conn, definition, tenant_id, query,
+                                   PARTICIPANT_COLUMNS)
+        return [rows.participant_from_row(r) for r in found], total
 
     def due_timers(self, plural, state, entered_before, limit):
         return [DueTimer(*row) for row in self.conn.execute(
@@ -195,15 +157,14 @@ class _Events:
             (tenant_id, participant_id)).fetchone()[0]
 
     def append(self, record):
-        body = compact_json(record)
+        row = rows.event_row(record)
         self.conn.execute(
             "INSERT INTO events (id, tenant_id, participant_id, participant_type, sequence,"
             " version, command_name, success, request_id, created_at, body)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (record["event"]["id"], record["tenantId"], record["entityInstanceId"],
-             record["entityName"], record["sequence"], record["version"], record["commandName"],
-             bool(record["payloadValidated"]), record["requestId"], record["createdAt"], body))
-        return body
+            " VALUES (%(id)s, %(tenant_id)s, %(participant_id)s, %(participant_type)s,"
+            " %(sequence)s, %(version)s, %(command_name)s, %(success)s, %(request_id)s,"
+            " %(created_at)s, %(body)s)", row)
+        return row["body"]
 
     def history(self, tenant_id, participant_id, limit, offset):
         if _absent(tenant_id, participant_id):
@@ -211,11 +172,11 @@ class _Events:
         total = self.conn.execute(
             "SELECT COUNT(*) FROM events WHERE tenant_id = %s AND participant_id = %s",
             (tenant_id, participant_id)).fetchone()[0]
-        rows = self.conn.execute(
+        found = self.conn.execute(
             "SELECT body FROM events WHERE tenant_id = %s AND participant_id = %s"
             " ORDER BY sequence LIMIT %s OFFSET %s",
             (tenant_id, participant_id, limit, offset)).fetchall()
-        return [json.loads(r[0]) for r in rows], total
+        return [json.loads(r[0]) for r in found], total
 
 
 class _Idempotency:
@@ -316,20 +277,17 @@ class _Outbox:
             cursor.executemany(
                 "INSERT INTO outbox (event_id, tenant_id, participant_id, kind, url, secret,"
                 " status, attempts, next_attempt_at, created_at, method, headers, payload)"
-                " VALUES (%s, %s, %s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s)",
-                [(e.event_id, e.tenant_id, e.participant_id, e.kind, e.url, e.secret, now, now,
-                  e.method.upper(), json.dumps(e.headers) if e.headers else None, e.payload)
-                 for e in entries])
+                " VALUES (%(event_id)s, %(tenant_id)s, %(participant_id)s, %(kind)s, %(url)s,"
+                " %(secret)s, 'pending', 0, %(next_attempt_at)s, %(created_at)s, %(method)s,"
+                " %(headers)s, %(payload)s)", [rows.outbox_row(e, now) for e in entries])
 
     def claimable(self, now):
         return self.conn.execute(_CLAIMABLE, {"now": now, "batch": 1}).fetchone() is not None
 
     def claim(self, now, limit, lease_until, owner):
-        rows = self.conn.execute(_CLAIM, {"now": now, "batch": limit,
-                                          "lease_until": lease_until, "owner": owner})
-        return [Claimed(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                        json.loads(row[8]) if row[8] else None, row[9] or "")
-                for row in rows]
+        found = self.conn.execute(_CLAIM, {"now": now, "batch": limit,
+                                           "lease_until": lease_until, "owner": owner})
+        return [rows.claimed_from_row(row) for row in found]
 
     def next_due(self, after):
         return self.conn.execute(_OUTBOX_DUE, {"after": after}).fetchone()[0]
@@ -369,29 +327,26 @@ class _Batches:
 
     def add(self, batch, items):
         self.conn.execute(
-            f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (batch.id, batch.tenant_id, batch.type, batch.kind, batch.status, batch.total,
-             batch.success, batch.failed, batch.created_at, batch.completed_at,
-             batch.request_id, _dump(batch.user_info), _dump(batch.callback),
-             batch.callback_secret, batch.token))
+            f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (%(id)s, %(tenant_id)s, %(type)s,"
+            " %(kind)s, %(status)s, %(total)s, %(success)s, %(failed)s, %(created_at)s,"
+            " %(completed_at)s, %(request_id)s, %(user_info)s, %(callback)s,"
+            " %(callback_secret)s, %(token)s)", rows.batch_row(batch))
         with self.conn.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO batch_items (tenant_id, batch_id, idx, body, status, reason)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                [(batch.tenant_id, batch.id, i.index, compact_json(i.body), i.status, i.reason)
-                 for i in items])
+                " VALUES (%(tenant_id)s, %(batch_id)s, %(idx)s, %(body)s, %(status)s,"
+                " %(reason)s)", [rows.item_row(batch, i) for i in items])
 
     def get(self, tenant_id, batch_id):
         if _absent(tenant_id, batch_id):
             return None
-        row = self.conn.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE tenant_id = %s"
+        row = self.conn.execute(f"SELECT {BATCH_COLUMNS} FROM batches WHERE tenant_id = %s"
                                 " AND id = %s", (tenant_id, batch_id)).fetchone()
-        return _batch(row) if row else None
+        return rows.batch_from_row(row) if row else None
 
     def unfinished(self):
-        return [_batch(row) for row in self.conn.execute(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status IN ('pending', 'processing')"
+        return [rows.batch_from_row(row) for row in self.conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE status IN ('pending', 'processing')"
             " ORDER BY created_at, id")]
 
     def any_unfinished(self):
@@ -399,7 +354,7 @@ class _Batches:
                                  " 'processing') LIMIT 1").fetchone() is not None
 
     def pending(self, batch, limit):
-        return [BatchItem(index, "pending", json.loads(body)) for index, body in self.conn.execute(
+        return [rows.pending_item_from_row(row) for row in self.conn.execute(
             "SELECT idx, body FROM batch_items WHERE tenant_id = %s AND batch_id = %s"
             " AND status = 'pending' ORDER BY idx LIMIT %s", (batch.tenant_id, batch.id, limit))]
 
@@ -434,12 +389,10 @@ class _Batches:
         return self.get(batch.tenant_id, batch.id)
 
     def outcomes(self, batch):
-        return [BatchItem(index, status, None, participant_id, event_id, reason, error_code)
-                for index, status, participant_id, event_id, reason, error_code
-                in self.conn.execute(
-                    "SELECT idx, status, participant_id, event_id, reason, error_code"
-                    " FROM batch_items WHERE tenant_id = %s AND batch_id = %s"
-                    " AND status != 'pending' ORDER BY idx", (batch.tenant_id, batch.id))]
+        return [rows.outcome_from_row(row) for row in self.conn.execute(
+            "SELECT idx, status, participant_id, event_id, reason, error_code"
+            " FROM batch_items WHERE tenant_id = %s AND batch_id = %s"
+            " AND status != 'pending' ORDER BY idx", (batch.tenant_id, batch.id))]
 
 
 class PostgresUnitOfWork:

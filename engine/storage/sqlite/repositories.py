@@ -4,48 +4,12 @@ from __future__ import annotations
 
 import json
 
-from engine.model.conventions import compact_json
-from engine.storage.interface import (
-    Batch,
-    BatchItem,
-    Claimed,
-    DueTimer,
-    IdempotencyKey,
-    StoredParticipant,
-)
+from engine.storage import rows
+from engine.storage.interface import DueTimer, IdempotencyKey
+from engine.storage.rows import BATCH_COLUMNS, PARTICIPANT_COLUMNS
 from engine.storage.sqlite import queries
 
 __all__ = ["SqliteUnitOfWork"]
-
-PARTICIPANT_COLUMNS = (
-    "tenant_id, id, type, unique_code, name, owner, category, sub_category, template_id, "
-    "state, properties, version, created_at, updated_at, state_entered_at, created_by, "
-    "updated_by, callback, callback_secret"
-)
-_BATCH_COLUMNS = ("id, tenant_id, type, kind, status, total, success, failed, created_at,"
-                  " completed_at, request_id, user_info, callback, callback_secret, token")
-
-
-def _load(text):
-    return json.loads(text) if text is not None else None
-
-
-def _dump(value) -> str | None:
-    return compact_json(value) if value is not None else None
-
-
-def participant_from_row(row) -> StoredParticipant:
-    values = list(row)
-    for i in (10, 15, 16, 17):
-        values[i] = _load(values[i])
-    return StoredParticipant(*values)
-
-
-def _batch(row) -> Batch:
-    values = list(row)
-    for i in (11, 12):
-        values[i] = _load(values[i])
-    return Batch(*values)
 
 
 class _Participants:
@@ -57,30 +21,28 @@ class _Participants:
             f"SELECT {PARTICIPANT_COLUMNS} FROM participants WHERE tenant_id = ? AND id = ?"
             + ("" if archived else " AND archived_at IS NULL"),
             (tenant_id, participant_id)).fetchone()
-        return participant_from_row(row) if row else None
-
-    @staticmethod
-    def _values(p: StoredParticipant) -> tuple:
-        return (p.name, p.owner, p.category, p.sub_category, p.template_id, p.state,
-                compact_json(p.properties), p.updated_at, p.state_entered_at,
-                _dump(p.updated_by), _dump(p.callback), p.callback_secret)
+        return rows.participant_from_row(row) if row else None
 
     def insert(self, p):
         self.conn.execute(
             "INSERT INTO participants (name, owner, category, sub_category, template_id, state,"
             " properties, updated_at, state_entered_at, updated_by, callback, callback_secret,"
             " tenant_id, id, type, unique_code, version, created_at, created_by)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*self._values(p), p.tenant_id, p.id, p.type, p.unique_code, p.version,
-             p.created_at, _dump(p.created_by)))
+            " VALUES (:name, :owner, :category, :sub_category, :template_id, :state,"
+            " :properties, :updated_at, :state_entered_at, :updated_by, :callback,"
+            " :callback_secret, :tenant_id, :id, :type, :unique_code, :version, :created_at,"
+            " :created_by)", rows.participant_row(p))
 
     def update(self, p, expected_version):
         cursor = self.conn.execute(
-            "UPDATE participants SET name = ?, owner = ?, category = ?, sub_category = ?,"
-            " template_id = ?, state = ?, properties = ?, updated_at = ?, state_entered_at = ?,"
-            " updated_by = ?, callback = ?, callback_secret = ?, version = ?,"
-            " timer_blocked_version = NULL WHERE tenant_id = ? AND id = ? AND version = ?",
-            (*self._values(p), p.version, p.tenant_id, p.id, expected_version))
+            "UPDATE participants SET name = :name, owner = :owner, category = :category,"
+            " sub_category = :sub_category, template_id = :template_id, state = :state,"
+            " properties = :properties, updated_at = :updated_at,"
+            " state_entered_at = :state_entered_at, updated_by = :updated_by,"
+            " callback = :callback, callback_secret = :callback_secret, version = :version,"
+            " timer_blocked_version = NULL"
+            " WHERE tenant_id = :tenant_id AND id = :id AND version = :expected_version",
+            {**rows.participant_row(p), "expected_version": expected_version})
         return cursor.rowcount == 1
 
     def set_index(self, tenant_id, plural, participant_id, values, *, replace):
@@ -98,9 +60,9 @@ class _Participants:
                           " WHERE tenant_id = ? AND id = ?", (tenant_id, participant_id))
 
     def search(self, definition, tenant_id, query):
-        rows, total = queries.run(self.conn, definition, tenant_id, query,
-                                  PARTICIPANT_COLUMNS)
-        return [participant_from_row(r) for r in rows], total
+        found, total = queries.run(self.conn, definition, tenant_id, query,
+                                   PARTICIPANT_COLUMNS)
+        return [rows.participant_from_row(r) for r in found], total
 
     def due_timers(self, plural, state, entered_before, limit):
         return [DueTimer(*row) for row in self.conn.execute(
@@ -155,25 +117,23 @@ class _Events:
         return (row[0] or 0) + 1
 
     def append(self, record):
-        body = compact_json(record)
+        row = rows.event_row(record)
         self.conn.execute(
             "INSERT INTO events (id, tenant_id, participant_id, participant_type, sequence,"
             " version, command_name, success, request_id, created_at, body)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record["event"]["id"], record["tenantId"], record["entityInstanceId"],
-             record["entityName"], record["sequence"], record["version"], record["commandName"],
-             int(record["payloadValidated"]), record["requestId"], record["createdAt"], body))
-        return body
+            " VALUES (:id, :tenant_id, :participant_id, :participant_type, :sequence, :version,"
+            " :command_name, :success, :request_id, :created_at, :body)", row)
+        return row["body"]
 
     def history(self, tenant_id, participant_id, limit, offset):
         total = self.conn.execute(
             "SELECT COUNT(*) FROM events WHERE tenant_id = ? AND participant_id = ?",
             (tenant_id, participant_id)).fetchone()[0]
-        rows = self.conn.execute(
+        found = self.conn.execute(
             "SELECT body FROM events WHERE tenant_id = ? AND participant_id = ?"
             " ORDER BY sequence LIMIT ? OFFSET ?",
             (tenant_id, participant_id, limit, offset)).fetchall()
-        return [json.loads(r[0]) for r in rows], total
+        return [json.loads(r[0]) for r in found], total
 
 
 class _Idempotency:
@@ -245,10 +205,9 @@ class _Outbox:
         self.conn.executemany(
             "INSERT INTO outbox (event_id, tenant_id, participant_id, kind, url, secret,"
             " status, attempts, next_attempt_at, created_at, method, headers, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)",
-            [(e.event_id, e.tenant_id, e.participant_id, e.kind, e.url, e.secret, now, now,
-              e.method.upper(), json.dumps(e.headers) if e.headers else None, e.payload)
-             for e in entries])
+            " VALUES (:event_id, :tenant_id, :participant_id, :kind, :url, :secret, 'pending',"
+            " 0, :next_attempt_at, :created_at, :method, :headers, :payload)",
+            [rows.outbox_row(e, now) for e in entries])
 
     def claimable(self, now):
         return self.conn.execute(_CLAIMABLE, {"now": now, "batch": 1}).fetchone() is not None
@@ -261,13 +220,11 @@ class _Outbox:
         self.conn.execute(
             f"UPDATE outbox SET status = 'leased', lease_until = ?, lease_owner = ?"
             f" WHERE id IN ({marks})", [lease_until, owner, *ids])
-        return [Claimed(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                        json.loads(row[8]) if row[8] else None, row[9] or "")
-                for row in self.conn.execute(
-                    "SELECT o.id, o.tenant_id, o.event_id, o.kind, o.url, o.secret, o.attempts,"
-                    " o.method, o.headers, COALESCE(o.payload, e.body) FROM outbox o"
-                    f" LEFT JOIN events e ON e.id = o.event_id WHERE o.id IN ({marks})"
-                    " ORDER BY o.id", ids)]
+        return [rows.claimed_from_row(row) for row in self.conn.execute(
+            "SELECT o.id, o.tenant_id, o.event_id, o.kind, o.url, o.secret, o.attempts,"
+            " o.method, o.headers, COALESCE(o.payload, e.body) FROM outbox o"
+            f" LEFT JOIN events e ON e.id = o.event_id WHERE o.id IN ({marks}) ORDER BY o.id",
+            ids)]
 
     def next_due(self, after):
         return self.conn.execute(_OUTBOX_DUE, {"after": after}).fetchone()[0]
@@ -304,24 +261,22 @@ class _Batches:
 
     def add(self, batch, items):
         self.conn.execute(
-            f"INSERT INTO batches ({_BATCH_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (batch.id, batch.tenant_id, batch.type, batch.kind, batch.status, batch.total,
-             batch.success, batch.failed, batch.created_at, batch.completed_at,
-             batch.request_id, _dump(batch.user_info), _dump(batch.callback),
-             batch.callback_secret, batch.token))
+            f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (:id, :tenant_id, :type, :kind,"
+            " :status, :total, :success, :failed, :created_at, :completed_at, :request_id,"
+            " :user_info, :callback, :callback_secret, :token)", rows.batch_row(batch))
         self.conn.executemany(
-            "INSERT INTO batch_items (batch_id, idx, body, status, reason) VALUES (?, ?, ?, ?, ?)",
-            [(batch.id, i.index, compact_json(i.body), i.status, i.reason) for i in items])
+            "INSERT INTO batch_items (batch_id, idx, body, status, reason)"
+            " VALUES (:batch_id, :idx, :body, :status, :reason)",
+            [rows.item_row(batch, i) for i in items])
 
     def get(self, tenant_id, batch_id):
-        row = self.conn.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?"
+        row = self.conn.execute(f"SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"
                                 " AND tenant_id = ?", (batch_id, tenant_id)).fetchone()
-        return _batch(row) if row else None
+        return rows.batch_from_row(row) if row else None
 
     def unfinished(self):
-        return [_batch(row) for row in self.conn.execute(
-            f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status IN ('pending', 'processing')"
+        return [rows.batch_from_row(row) for row in self.conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE status IN ('pending', 'processing')"
             " ORDER BY created_at, id")]
 
     def any_unfinished(self):
@@ -329,7 +284,7 @@ class _Batches:
                                  " 'processing') LIMIT 1").fetchone() is not None
 
     def pending(self, batch, limit):
-        return [BatchItem(index, "pending", json.loads(body)) for index, body in self.conn.execute(
+        return [rows.pending_item_from_row(row) for row in self.conn.execute(
             "SELECT idx, body FROM batch_items WHERE batch_id = ? AND status = 'pending'"
             " ORDER BY idx LIMIT ?", (batch.id, limit))]
 
@@ -361,12 +316,10 @@ class _Batches:
         return self.get(batch.tenant_id, batch.id)
 
     def outcomes(self, batch):
-        return [BatchItem(index, status, None, participant_id, event_id, reason, error_code)
-                for index, status, participant_id, event_id, reason, error_code
-                in self.conn.execute(
-                    "SELECT idx, status, participant_id, event_id, reason, error_code"
-                    " FROM batch_items WHERE batch_id = ? AND status != 'pending' ORDER BY idx",
-                    (batch.id,))]
+        return [rows.outcome_from_row(row) for row in self.conn.execute(
+            "SELECT idx, status, participant_id, event_id, reason, error_code"
+            " FROM batch_items WHERE batch_id = ? AND status != 'pending' ORDER BY idx",
+            (batch.id,))]
 
 
 class SqliteUnitOfWork:
