@@ -729,8 +729,11 @@ def _write_routes(database) -> tuple[list[tuple[str, str, str]], dict]:
     size limits."""
     app = make_app(database)
     try:
+        # The console's forms (console.*) take form posts with a session and a CSRF token, not
+        # JSON: tests/test_console.py tries them with hostile input.
         routes = [(rule.endpoint, method, rule.rule) for rule in app.url_map.iter_rules()
-                  for method in sorted(rule.methods & {"POST", "PUT", "PATCH", "DELETE"})]
+                  for method in sorted(rule.methods & {"POST", "PUT", "PATCH", "DELETE"})
+                  if not rule.endpoint.startswith("console.")]
         limits = {"default": app.config["MAX_CONTENT_LENGTH"],
                   "batch": getattr(app.extensions["participants"], "max_batch_bytes", None)}
     finally:
@@ -756,6 +759,8 @@ def _base_body(endpoint: str, pid: str) -> dict:
         "participants.transition": STATE_EVENT,
         "batches.create_batch": {"payload": [CREATE]},
         "batches.update_batch": {"payload": [{"id": pid, **UPDATE}]},
+        "participants.dry_run": {"start": {"participantId": pid}, "steps": [
+            UPDATE, {k: v for k, v in STATE_EVENT.items() if k != "timestamp"}]},
     }.get(endpoint, {"name": "n", "properties": {"axles": 3}})
 
 
@@ -795,7 +800,8 @@ def test_hostile_bodies_on_every_write_route_are_4xx_and_write_nothing(server, f
             body = {**body, "uniqueCode": "HB-VALID"}
         response = session.request(method, url, json=body, headers=headers("a"),
                                    timeout=TIMEOUT)
-        assert response.status_code == 202, (endpoint, response.text)
+        assert response.status_code == (200 if endpoint.endswith("dry_run") else 202), (
+            endpoint, response.text)
 
     before = ledger(database)
     tried, kinds, statuses, wrong, slowest = 0, Counter(), Counter(), [], 0.0

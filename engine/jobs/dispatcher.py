@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from engine.delivery.outbound import OutboundRefused, send
 from engine.delivery.signing import signature_headers
-from engine.storage.interface import Claimed, Storage
+from engine.storage.interface import Claimed, Storage, StorageUnavailable
 
 __all__ = ["DEFAULT_POLL_SECONDS", "DeliveryPolicy", "Dispatcher"]
 
@@ -74,6 +74,11 @@ class Dispatcher:
         self.batches = batches
         self.sender = sender
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # What a round could not store because the database went away in its middle: outcomes
+        # of deliveries made, and leases of rows it did not get to. The next round stores them
+        # first, so a delivered row is not sent again and the others wait for no lease.
+        self._unrecorded: list[tuple[Claimed, Attempt]] = []
+        self._unattempted: list[Claimed] = []
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -177,15 +182,20 @@ class Dispatcher:
 
         Returns how many batch items were applied plus how many rows were attempted.
         """
+        self._settle()
         if self.timers is not None:
             try:
                 self.timers.run_due(self.clock())
+            except StorageUnavailable:
+                raise  # the round cannot go on: run() says so in one line
             except Exception:  # timers must never hold up deliveries
                 log.exception("state timers failed this round")
         applied = 0
         if self.batches is not None:
             try:
                 applied = self.batches.run_once(stop=stop)
+            except StorageUnavailable:
+                raise
             except Exception:  # nor must batches
                 log.exception("batch items failed this round")
         rows = self.claim()
@@ -193,8 +203,26 @@ class Dispatcher:
             if stop is not None and stop.is_set():
                 self.release(rows[i:])
                 return applied + i
-            self.record(row, self.attempt(row))
+            result = self.attempt(row)
+            try:
+                self.record(row, result)
+            except StorageUnavailable:
+                self._unrecorded.append((row, result))
+                self._unattempted = rows[i + 1:]
+                raise
         return applied + len(rows)
+
+    def _settle(self) -> None:
+        """Store what an earlier round could not: the outcomes of the rows it delivered (while
+        their leases are still ours, so they are not sent again), then give back the leases of
+        the rows it never attempted. Raises StorageUnavailable while the database is away."""
+        while self._unrecorded:
+            row, result = self._unrecorded[0]
+            self.record(row, result)
+            self._unrecorded.pop(0)
+        if self._unattempted:
+            self.release(self._unattempted)
+            self._unattempted = []
 
     def release(self, rows: list[Claimed]) -> None:
         """Give back leases we will not use (on shutdown), so others need not wait them out."""
@@ -223,6 +251,10 @@ class Dispatcher:
                         busy = self.run_once(stop)
                         if not busy:  # due, yet nothing could be done: look again later
                             due = self.next_due(after=now)
+                except StorageUnavailable as error:  # one line a round, as a request's 503
+                    log.warning("dispatcher %s: the database is unavailable (%s); trying again "
+                                "in %s s", self.owner, error, idle)
+                    due = None
                 except Exception:  # keep delivering: one bad row must not stop the loop
                     log.exception("dispatcher round failed")
                     due = None
