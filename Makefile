@@ -37,6 +37,19 @@ bench: $(STAMP)
 reliability: $(STAMP)
 	$(BIN)/python reliability/report.py
 
+# The state diagrams of docs/diagrams/, drawn from machines/ by the console's own renderer (a test
+# fails when they are out of date).
+.PHONY: diagrams
+diagrams: $(STAMP)
+	$(BIN)/draw-diagrams machines docs/diagrams
+
+# The console's screenshots in docs/screenshots/ (the type page and the dry-run page of vehicles),
+# saved by its browser tests on SQLite.
+.PHONY: screenshots
+screenshots: $(STAMP)
+	PARTICIPANTS_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q \
+		tests/test_console_browser.py -k "sqlite and (type_page or dry_run)"
+
 # Refresh the lock to the newest versions pyproject.toml allows, then run the whole suite on
 # them: an upgrade is a deliberate change, reviewed as a diff of requirements.lock.
 upgrade:

@@ -64,6 +64,7 @@ DEFAULTS = {
     "PARTICIPANTS_POSTGRES_LOCK_TIMEOUT_MS": 30_000,
     "PARTICIPANTS_POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS": 60_000,
     "PARTICIPANTS_POSTGRES_NOTIFY": "1",
+    "PARTICIPANTS_CONSOLE_SECRET_KEY": "",
 }
 
 
@@ -231,6 +232,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     # The seed's sample request: PUT {{baseUrl}}/participant/{plural}/{id}
     alias = base.rsplit("/", 1)[0] + "/participant/<plural>/<pid>"
     app.add_url_rule(alias, "participant_alias", update, methods=["PUT"])
+    from .console import init_console
+
+    init_console(app)  # the domain experts' pages at /console/ (SPEC §8)
     app.register_error_handler(Exception, _handle_error)
     app.cli.add_command(dispatch_command)
     app.cli.add_command(copy_database_command)

@@ -24,7 +24,7 @@ from engine.model.strictjson import NulCharacter, strict_loads
 from .errors import BadRequest, TooLarge, Unauthorized, UnsupportedMediaType
 
 __all__ = ["Caller", "OPENAPI", "authenticate", "if_match", "problems", "read_json",
-           "strict_loads", "validate"]
+           "strict_loads", "token_allows", "validate"]
 
 MAX_HEADER = {"X-COREOS-REQUEST-ID": 255, "X-COREOS-TID": 128, "X-COREOS-ACCESS": 1024,
               "X-COREOS-USERINFO": 4096, "X-COREOS-CALLBACK-SECRET": 1024}
@@ -97,15 +97,20 @@ def token_table(tokens: dict[str, str]) -> dict[bytes, tuple[bytes, str]]:
     return table
 
 
+def token_allows(tokens: dict[bytes, tuple[bytes, str]], token: str, tenant_id: str) -> bool:
+    """Whether `token` is a known access token of `tenant_id`; the API and the console ask."""
+    digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    known_digest, tenant = tokens.get(digest, (b"\0" * 32, None))
+    matches = hmac.compare_digest(digest, known_digest)  # always, even for a missing token
+    return bool(token) and matches and tenant == tenant_id
+
+
 def authenticate(request: Request, tokens: dict[bytes, tuple[bytes, str]]) -> Caller:
     """Check the headers every call needs; 400 when malformed, 401 when not allowed."""
     request_id = _header(request, "X-COREOS-REQUEST-ID", required=True)
     tenant_id = _header(request, "X-COREOS-TID", required=True)
     token = request.headers.get("X-COREOS-ACCESS", "")
-    digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-    known_digest, tenant = tokens.get(digest, (b"\0" * 32, None))
-    matches = hmac.compare_digest(digest, known_digest)  # always, even for a missing token
-    if not token or not matches or tenant != tenant_id:
+    if not token_allows(tokens, token, tenant_id):
         raise Unauthorized("the access token is missing, unknown, or not valid for this tenant")
     user_info = None
     raw = _header(request, "X-COREOS-USERINFO", required=False)
