@@ -85,7 +85,8 @@ def console(database, tmp_path):
 def page(browser, console):
     """A fresh browser context (no cookies) on the console's server; every request the page
     makes must go to that server."""
-    context = browser.new_context(base_url=console.url, viewport={"width": 1280, "height": 900})
+    width = 1920 if SCREENSHOTS else 1280  # screenshots wide enough for a whole diagram
+    context = browser.new_context(base_url=console.url, viewport={"width": width, "height": 900})
     elsewhere = []
 
     def only_the_server(route):
