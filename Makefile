@@ -31,8 +31,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Every figure with its ratio, on SQLite and PostgreSQL; e.g. make bench BENCH_ARGS="--repeat 3"
+# for three runs summarised as min and median (see bench/benchmark.py --help).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/benchmark.py
+	$(BIN)/python bench/benchmark.py $(BENCH_ARGS)
 
 reliability: $(STAMP)
 	$(BIN)/python reliability/report.py

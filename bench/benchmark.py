@@ -2,50 +2,52 @@
 
 Usage (from the repository root, with the project's environment):
 
-    python bench/benchmark.py [--seconds N] [--threads T] [--dir PATH] [--postgres URL|off]
+    python bench/benchmark.py [--seconds N] [--repeat R] [--parts engine,http,delivery]
+                              [--servers sync:2,gthread:2x4] [--threads T] [--events E]
+                              [--dir PATH] [--postgres URL|off]
 
-One run measures and prints, each for N seconds (default 5) after a short warm-up:
+Each measurement runs N seconds (default 5) after a short warm-up; for each backend, SQLite
+(synchronous=FULL) and then PostgreSQL (synchronous_commit=on, as durable):
 
-1. In-process, synchronous=FULL: a raw sqlite3 transaction (the same pysqlite3 module, WAL,
-   BEGIN IMMEDIATE; read one row by key, update it, insert one row, commit) against the engine's
-   combined update (`Service.execute` of an attributes-plus-stateTransition update on one
-   vehicle, a new request id each time, alternating E-104 "assigned to a trip" with a trip id and
-   E-107 "trip closed" clearing it, so every write succeeds). Ops/s, p50 and p99 latency in
-   microseconds, and the engine/baseline ratios.
-2. Over HTTP, under gunicorn with 2 sync workers on loopback, T client threads (default 4, each
-   with its own vehicle and a new connection per request, as sync workers close it): the minimal
-   Flask JSON endpoint of bench/minimal_app.py against the real combined
-   `PUT /core/api/v2/participants/vehicles/{id}`. Requests/s, p50, p99 and the ratios.
-3. Part 1 on PostgreSQL (synchronous_commit=on, as durable as SQLite's FULL): the same raw
-   transaction through psycopg (SELECT ... FOR UPDATE, UPDATE, INSERT, COMMIT) against the
-   engine's combined update on the PostgreSQL backend.
-4. Part 2 with the service on PostgreSQL.
-5. Part 1 again with synchronous=NORMAL, for reference (an acknowledged write may then be lost
-   on power failure, though never corrupted).
+- engine: in-process, a raw transaction (SQLite: the same pysqlite3 module, WAL, BEGIN
+  IMMEDIATE; read one row by key, update it, insert one row, commit; PostgreSQL: psycopg,
+  SELECT ... FOR UPDATE, UPDATE, INSERT, COMMIT) against the engine's combined update
+  (`Service.execute` of an attributes-plus-stateTransition update on one vehicle, a new request
+  id each time, alternating E-104 "assigned to a trip" with a trip id and E-107 "trip closed"
+  clearing it, so every write succeeds). Ops/s, p50 and p99 latency, and the ratios.
+- http: for each gunicorn configuration of --servers (sync workers, or gthread workers with
+  threads and keep-alive), the minimal Flask JSON endpoint of bench/minimal_app.py and then the
+  real combined `PUT /core/api/v2/participants/vehicles/{id}`, driven by the same client: T
+  connections (default 4), each a thread with its own vehicle, kept alive where the server keeps
+  them. Requests/s, p50, p99, the server's CPU time per request, and the ratios.
+- delivery: a backlog of E callbacks (default 1,000, over 100 vehicles) delivered by one
+  dispatcher to a loopback receiver in a process of its own (bench/delivery.py), in
+  deliveries/s, against the best PUT rate the http part measured on the same backend: at least
+  1× means the dispatcher keeps up with the service's own top load.
 
-Parts 3 and 4 run in schemas of their own, made and dropped in the --postgres database (default:
-the local test server); `--postgres off` leaves them out.
+Then, for reference, the engine part on SQLite with synchronous=NORMAL (an acknowledged write
+may then be lost on power failure, though never corrupted). With --repeat R the whole run is
+made R times and every figure and ratio is summarised as min and median.
 
-The vehicles type is the shipped one in machines/. Databases live in a temporary folder (under
---dir when given; its file system decides what an fsync costs), removed at the end along with
-every server started. The machine's load average is printed first: other work on the machine
-skews every figure.
+PostgreSQL parts run in schemas of their own, made and dropped in the --postgres database
+(default: the local test server); `--postgres off` leaves them out. The vehicles type is the
+shipped one in machines/. Databases live in a temporary folder (under --dir when given; its file
+system decides what an fsync costs), removed at the end along with every server started. The
+machine's load average is printed first: other work on the machine skews every figure, so read
+the ratios, measured side by side.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
-import subprocess
+import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -64,10 +66,22 @@ from engine.storage import open_storage  # noqa: E402
 from engine.storage.sqlite import sqlite3  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from delivery import backlog, receiver  # noqa: E402
+from measuring import (  # noqa: E402
+    WARM_UP_SECONDS,
+    Client,
+    Figures,
+    ServerConfig,
+    gunicorn,
+    load,
+    parse_servers,
+)
+
 MACHINES = ROOT / "machines"
 BASE = "/core/api/v2/participants"
 TENANT, TOKEN = "bench", "bench-token"
-WARM_UP_SECONDS = 0.5
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -107,34 +121,6 @@ def trip_update(i: int) -> dict:
 
 
 # -- figures --------------------------------------------------------------------------------------
-
-@dataclass
-class Figures:
-    label: str
-    count: int
-    seconds: float
-    latencies_ns: list[int]
-    failures: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds else 0.0
-
-    def percentile(self, p: float) -> float:
-        """The p-th percentile latency in microseconds (nearest rank)."""
-        ordered = sorted(self.latencies_ns)
-        if not ordered:
-            return float("nan")
-        return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] / 1000
-
-    def row(self, unit: str) -> str:
-        line = (f"  {self.label:<44} {self.rate:>9,.0f} {unit:<5}"
-                f" p50 {self.percentile(50):>8,.0f} µs   p99 {self.percentile(99):>8,.0f} µs"
-                f"   (n={self.count:,})")
-        if self.failures:
-            line += f"   {self.failures} FAILED"
-        return line
-
 
 def ratio(measured: Figures, reference: Figures, what: str, unit: str) -> str:
     return (f"  {what:<44} {measured.rate / reference.rate:>9.2f}× the {unit},"
@@ -280,85 +266,25 @@ def engine(folder: Path, synchronous: str, seconds: float, database: str | None 
         store.close()
 
 
-# -- 2: over HTTP ---------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _no_control_socket() -> list[str]:
-    """gunicorn >= 24 opens a control socket at one fixed path; two servers would share it."""
-    from gunicorn.config import KNOWN_SETTINGS
-
-    return ["--no-control-socket"] if any(
-        s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
-
-
-@contextmanager
-def gunicorn(app: str, log_path: Path, *, cwd: Path, env: dict, workers: int) -> Iterator[int]:
-    """A gunicorn server on a free loopback port for the duration of the block; yields the port."""
-    port = _free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind",
-             f"127.0.0.1:{port}", "--graceful-timeout", "5", *_no_control_socket(), app],
-            cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{log_path.read_text(errors='replace')}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start in 30 s") from None
-                time.sleep(0.1)
-        yield port
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        text = log_path.read_text(errors="replace")
-        if "Traceback" in text or "database is locked" in text:
-            print(f"  !! the server log {log_path.name} shows errors:\n{text}", file=sys.stderr)
-
-
-def _send(port: int, method: str, path: str, body: dict | None, headers: dict
-          ) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=payload,
-                     headers={"Content-Type": "application/json", **headers})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
+# -- over HTTP ------------------------------------------------------------------------------------
 
 def _headers() -> dict:
     return {"X-COREOS-REQUEST-ID": uuid.uuid4().hex, "X-COREOS-TID": TENANT,
             "X-COREOS-ACCESS": TOKEN}
 
 
-def _real_vehicle(port: int, n: int) -> str:
-    """A vehicle in active:available, made over HTTP."""
-    status, raw = _send(port, "POST", f"{BASE}/vehicles",
-                        {"uniqueCode": f"BENCH-{n}", "properties": VEHICLE}, _headers())
+def _real_vehicle(client: Client, code: str, callback: str | None = None) -> str:
+    """A vehicle in active:available, made over HTTP (with a stored callback URL, if given)."""
+    body = {"uniqueCode": code, "properties": VEHICLE}
+    if callback:
+        body["callback"] = {"url": callback}
+    status, raw = client.request("POST", f"{BASE}/vehicles", body, _headers())
     answer = json.loads(raw)
     if status != 202 or not answer["data"]["event"]["payloadValidated"]:
         raise RuntimeError(f"create failed: {status} {raw!r}")
     pid = answer["data"]["id"]
     for code, reason in TO_AVAILABLE:
-        status, raw = _send(port, "PUT", f"{BASE}/vehicles/{pid}", {
+        status, raw = client.request("PUT", f"{BASE}/vehicles/{pid}", {
             "properties": {}, "stateTransition": {"eventCode": code, "reasonCode": reason}},
             _headers())
         if status != 202 or b'"payloadValidated":true' not in raw:
@@ -366,79 +292,232 @@ def _real_vehicle(port: int, n: int) -> str:
     return pid
 
 
-def load(label: str, port: int, threads: int, seconds: float,
-         request: Callable[[int, int], tuple[str, dict, dict]],
-         ok: Callable[[int, bytes], bool]) -> Figures:
-    """`threads` clients each sending `request(client, i)` back to back; warm-up, then timed."""
-    latencies: list[list[int]] = [[] for _ in range(threads)]
-    failures = [0] * threads
-    counters = [0] * threads
-    timed = threading.Event()
-    stop = threading.Event()
-    problems: list[BaseException] = []
-
-    def client(n: int) -> None:
-        try:
-            while not stop.is_set():
-                path, body, headers = request(n, counters[n])
-                counters[n] += 1
-                t0 = time.perf_counter_ns()
-                status, raw = _send(port, "PUT", path, body, headers)
-                elapsed = time.perf_counter_ns() - t0
-                if timed.is_set() and not stop.is_set():
-                    latencies[n].append(elapsed)
-                    failures[n] += not ok(status, raw)
-                elif not ok(status, raw):
-                    raise RuntimeError(f"warm-up request failed: {status} {raw[:300]!r}")
-        except Exception as error:  # reported by the caller
-            problems.append(error)
-            stop.set()
-
-    workers = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    time.sleep(WARM_UP_SECONDS)
-    timed.set()
-    start = time.perf_counter()
-    stop.wait(seconds)
-    stop.set()
-    elapsed = time.perf_counter() - start
-    for worker in workers:
-        worker.join(timeout=70)
-    if problems:
-        raise RuntimeError(f"{label}: {problems[0]!r}") from problems[0]
-    merged = [x for part in latencies for x in part]
-    return Figures(label, len(merged), elapsed, merged, sum(failures))
+def _trip(path: str, i: int) -> tuple[str, str, bytes, dict]:
+    """The i-th combined update of a vehicle as a request, encoded before it is timed."""
+    return "PUT", path, json.dumps(trip_update(i)).encode(), _headers()
 
 
-def over_http(folder: Path, threads: int, seconds: float, workers: int,
+def over_http(folder: Path, config: ServerConfig, threads: int, seconds: float,
               database: str | None = None) -> tuple[Figures, Figures]:
-    with gunicorn("minimal_app:app", folder / "minimal.log", cwd=BENCH, env={},
-                  workers=workers) as port:
-        def minimal(n: int, i: int):
-            return f"{BASE}/vehicles/vehicles:{n}", trip_update(i), _headers()
-
-        plain = load("minimal Flask JSON endpoint", port, threads, seconds, minimal,
+    """The minimal endpoint, then the service, under the same server configuration and client."""
+    with gunicorn("minimal_app:app", folder / f"minimal-{config.name}.log", cwd=BENCH, env={},
+                  config=config) as server:
+        plain = load("minimal Flask JSON endpoint", server, threads, seconds,
+                     lambda n, i: _trip(f"{BASE}/vehicles/vehicles:{n}", i),
                      lambda status, raw: status == 202)
 
-    env = {"PARTICIPANTS_DATABASE": database or str(folder / "http.db"),
+    env = {"PARTICIPANTS_DATABASE": database or str(folder / f"http-{config.name}.db"),
            "PARTICIPANTS_MACHINES": str(MACHINES),
            "PARTICIPANTS_ACCESS_TOKENS": json.dumps({TOKEN: TENANT}),
            "PARTICIPANTS_SYNCHRONOUS": "FULL"}
-    with gunicorn("webapp:create_app()", folder / "service.log", cwd=ROOT, env=env,
-                  workers=workers) as port:
-        pids = [_real_vehicle(port, n) for n in range(threads)]
-
-        def real(n: int, i: int):
-            return f"{BASE}/vehicles/{pids[n]}", trip_update(i), _headers()
-
-        service = load("PUT /participants/vehicles/{id} (combined)", port, threads, seconds,
-                       real, lambda status, raw: status == 202
+    with gunicorn("webapp:create_app()", folder / f"service-{config.name}.log", cwd=ROOT,
+                  env=env, config=config) as server:
+        setup = Client(server.port)
+        try:
+            pids = [_real_vehicle(setup, f"BENCH-{n}") for n in range(threads)]
+        finally:
+            setup.close()
+        service = load("PUT /participants/vehicles/{id} (combined)", server, threads, seconds,
+                       lambda n, i: _trip(f"{BASE}/vehicles/{pids[n]}", i),
+                       lambda status, raw: status == 202
                        and b'"payloadValidated":true' in raw)
     return plain, service
 
 
+@dataclass(frozen=True)
+class Live:
+    """PUTs owing a callback each, delivered meanwhile by the servers' embedded dispatchers."""
+
+    puts: Figures
+    delivered: int     # callbacks that arrived while the PUTs were timed
+    drained_ms: float  # from the end of the timing until the last callback arrived
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.puts.seconds if self.puts.seconds else 0.0
+
+
+LIVE_VEHICLES = 25  # per client connection, updated in turn
+
+
+def live(folder: Path, config: ServerConfig, threads: int, seconds: float, target,
+         database: str | None = None) -> Live:
+    """The combined PUT again, every vehicle with a stored callback to `target`, the embedded
+    dispatchers delivering as the writes commit: do the deliveries keep pace? Each client
+    updates LIVE_VEHICLES vehicles in turn (one participant's callbacks go out one at a time, in
+    order, so a fleet's worth of them is what a dispatcher can spread)."""
+    env = {"PARTICIPANTS_DATABASE": database or str(folder / f"live-{config.name}.db"),
+           "PARTICIPANTS_MACHINES": str(MACHINES),
+           "PARTICIPANTS_ACCESS_TOKENS": json.dumps({TOKEN: TENANT}),
+           "PARTICIPANTS_SYNCHRONOUS": "FULL", "PARTICIPANTS_ALLOW_PRIVATE_CALLBACKS": "1"}
+    with gunicorn("webapp:create_app()", folder / f"live-{config.name}.log", cwd=ROOT,
+                  env=env, config=config) as server:
+        setup = Client(server.port)
+        try:
+            pids = [[_real_vehicle(setup, f"LIVE-{n}-{k}", target.url)
+                     for k in range(LIVE_VEHICLES)] for n in range(threads)]
+        finally:
+            setup.close()
+        # the i-th request of a client goes to its vehicle i % LIVE_VEHICLES, whose own
+        # sequence of trips alternates as trip_update's does
+        puts = load("PUT, each owing a callback", server, threads, seconds,
+                    lambda n, i: _trip(f"{BASE}/vehicles/{pids[n][i % LIVE_VEHICLES]}",
+                                       i // LIVE_VEHICLES),
+                    lambda status, raw: status == 202 and b'"payloadValidated":true' in raw)
+        began, ended = puts.window
+        deadline = time.monotonic() + 60
+        while True:  # every event written by then has arrived, or a minute has passed
+            arrivals = target.arrivals()
+            last = max(arrivals.values(), default=ended)
+            if time.time() - last > 0.5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    delivered = sum(began <= at <= ended for at in arrivals.values())
+    return Live(puts, delivered, max(0.0, last - ended) * 1000)
+
+
 # -- the run ------------------------------------------------------------------------------------
+
+class Run:
+    """One run's figures: printed as they come, and kept by name for the summary of repeats."""
+
+    def __init__(self):
+        self.values: dict[str, tuple[float, str]] = {}  # name -> (value, unit)
+        self.failures: list[str] = []  # measurements in which some operation failed
+
+    def keep(self, name: str, value: float, unit: str) -> None:
+        self.values[name] = (value, unit)
+
+    def figures(self, section: str, *rows: tuple[Figures, str]) -> None:
+        for figures, unit in rows:
+            print(figures.row(unit))
+            if figures.failures:
+                self.failures.append(f"{section}: {figures.label}")
+            self.keep(f"{section}: {figures.label}", figures.rate, unit)
+            self.keep(f"{section}: {figures.label}, p99", figures.percentile(99) / 1000, "ms")
+            if figures.cpu_seconds is not None:
+                self.keep(f"{section}: {figures.label}, server CPU", figures.cpu_per_request,
+                          "µs/req")
+
+    def ratio(self, section: str, measured: Figures, reference: Figures, what: str,
+              unit: str) -> None:
+        print(ratio(measured, reference, what, unit))
+        self.keep(f"{section}: {what}", measured.rate / reference.rate, "×")
+        self.keep(f"{section}: {what}, p99", measured.percentile(99) / reference.percentile(99),
+                  "× p99")
+
+
+def _in_process(run: Run, section: str, base: Figures, eng: Figures) -> None:
+    run.figures(section, (base, "ops/s"), (eng, "ops/s"))
+    run.ratio(section, eng, base, "engine / baseline", "ops/s")
+
+
+def _http(run: Run, args, folder: Path, backend: str, url: str | None
+          ) -> tuple[float, ServerConfig | None]:
+    """Every server configuration on one backend; the best PUT rate measured, and where."""
+    best = (0.0, None)
+    for config in args.servers:
+        section = f"HTTP {backend}, {config.name}"
+        print(f"  -- gunicorn, {config.describe()}, {args.threads} client connections")
+        if url is None:
+            plain, service = over_http(folder, config, args.threads, args.seconds)
+        else:
+            with postgres_schema(url) as schema:
+                plain, service = over_http(folder, config, args.threads, args.seconds, schema)
+        run.figures(section, (plain, "req/s"), (service, "req/s"))
+        run.ratio(section, service, plain, "service / minimal endpoint", "requests/s")
+        if service.rate > best[0]:
+            best = (service.rate, config)
+    return best
+
+
+def _delivery(run: Run, args, folder: Path, backend: str, url: str | None,
+              best: tuple[float, ServerConfig | None]) -> None:
+    section = f"delivery {backend}"
+    put_rate, config = best
+    with receiver() as target:
+        if url is None:
+            drained = backlog(folder, target, args.events, 100, label="one dispatcher, backlog")
+        else:
+            with postgres_schema(url) as schema:
+                drained = backlog(folder, target, args.events, 100, schema,
+                                  label="one dispatcher, backlog")
+        print(drained.row())
+        run.keep(f"{section}: {drained.label}", drained.rate, "deliveries/s")
+        if put_rate:
+            print(f"  {'backlog deliveries / the best PUT rate above':<48} "
+                  f"{drained.rate / put_rate:>9.2f}×  (at least 1: one dispatcher keeps up)")
+            run.keep(f"{section}: backlog deliveries / best PUT rate", drained.rate / put_rate,
+                     "×")
+        config = config or args.servers[0]
+        print(f"  -- live, gunicorn {config.describe()}: PUTs with a callback each, the "
+              "embedded dispatchers delivering meanwhile")
+        if url is None:
+            result = live(folder, config, args.threads, args.seconds, target)
+        else:
+            with postgres_schema(url) as schema:
+                result = live(folder, config, args.threads, args.seconds, target, schema)
+    run.figures(section, (result.puts, "req/s"))
+    print(f"  {'callbacks delivered meanwhile':<48} {result.rate:>9,.0f} /s    "
+          f"{result.rate / result.puts.rate:.2f}× the PUTs; the last arrived "
+          f"{result.drained_ms:,.0f} ms after the last PUT")
+    run.keep(f"{section}: live deliveries / PUTs", result.rate / result.puts.rate, "×")
+    run.keep(f"{section}: live, last callback after the last PUT", result.drained_ms, "ms")
+
+
+def _once(args, folder: Path) -> Run:
+    run = Run()
+    parts = args.parts
+    postgres = args.postgres != "off"
+    backends = [("SQLite", None)] + ([("PostgreSQL", args.postgres)] if postgres else [])
+    number = 0
+    for backend, url in backends:
+        if "engine" in parts:
+            number += 1
+            if url is None:
+                print(f"{number}. One write transaction in-process, SQLite synchronous=FULL")
+                base, eng = baseline(folder, "FULL", args.seconds), engine(folder, "FULL",
+                                                                          args.seconds)
+            else:
+                print(f"{number}. One write transaction in-process, PostgreSQL "
+                      "(synchronous_commit=on)")
+                with postgres_schema(url) as schema:
+                    base = pg_baseline(schema, args.seconds)
+                with postgres_schema(url) as schema:
+                    eng = engine(folder, "FULL", args.seconds, schema)
+            _in_process(run, f"in-process {backend}", base, eng)
+            print()
+        best = (0.0, None)
+        if "http" in parts:
+            number += 1
+            print(f"{number}. HTTP on loopback, {backend}: the minimal endpoint and the combined "
+                  "PUT under the same server")
+            best = _http(run, args, folder, backend, url)
+            print()
+        if "delivery" in parts:
+            number += 1
+            print(f"{number}. Callbacks, {backend}: a backlog of {args.events:,} (100 vehicles) "
+                  "delivered by one dispatcher to a loopback receiver, then live")
+            _delivery(run, args, folder, backend, url, best)
+            print()
+    if "engine" in parts:
+        number += 1
+        print(f"{number}. For reference: SQLite in-process with synchronous=NORMAL")
+        _in_process(run, "in-process SQLite NORMAL", baseline(folder, "NORMAL", args.seconds),
+                    engine(folder, "NORMAL", args.seconds))
+        print()
+    return run
+
+
+def _summary(runs: list[Run]) -> None:
+    print(f"Summary of {len(runs)} runs: min and median")
+    width = max(map(len, runs[0].values))
+    for name, (_, unit) in runs[0].values.items():
+        values = sorted(r.values[name][0] for r in runs if name in r.values)
+        median = statistics.median(values)
+        digits = 2 if unit.startswith("×") else (1 if unit == "ms" else 0)
+        print(f"  {name:<{width}} {values[0]:>9,.{digits}f} {median:>9,.{digits}f} {unit}")
+
 
 def _file_system(path: Path) -> str:
     """The mount's type for `path`, from /proc/mounts where there is one."""
@@ -457,79 +536,64 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwind, so servers are stopped and files removed
 
 
+PARTS = ("engine", "http", "delivery")
+SERVERS = "sync:2,gthread:2x4"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="how long each measurement runs (default 5)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run everything this many times, then print min and median")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"which parts to run, of {','.join(PARTS)} (default all)")
+    parser.add_argument("--servers", default=SERVERS,
+                        help="gunicorn configurations for the HTTP part: sync:WORKERS or "
+                             f"gthread:WORKERSxTHREADS, comma-separated (default {SERVERS})")
     parser.add_argument("--threads", type=int, default=4,
-                        help="HTTP client threads (default 4)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="gunicorn sync workers (default 2)")
+                        help="HTTP client connections, each a thread (default 4)")
+    parser.add_argument("--events", type=int, default=1000,
+                        help="callbacks in the delivery backlog (default 1000)")
     parser.add_argument("--postgres", default=POSTGRES, metavar="URL",
                         help="PostgreSQL database to measure in (a schema of its own is made "
                              f"and dropped; default {POSTGRES}); 'off' skips PostgreSQL")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the temporary databases go (default: the system's temp)")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.threads < 1 or args.workers < 1:
-        parser.error("--seconds must be positive; --threads and --workers at least 1")
+    args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.parts - set(PARTS) or not args.parts:
+        parser.error(f"--parts takes some of {','.join(PARTS)}")
+    try:
+        args.servers = parse_servers(args.servers)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.seconds <= 0 or args.threads < 1 or args.repeat < 1 or args.events < 100:
+        parser.error("--seconds must be positive, --threads and --repeat at least 1, "
+                     "--events at least 100")
     signal.signal(signal.SIGTERM, _terminate)
 
     folder = Path(tempfile.mkdtemp(prefix="participants-bench-", dir=args.dir))
     try:
-        load1, load5, _ = os.getloadavg()
-        print(f"Participant Service benchmark: {args.seconds:g} s per measurement, "
-              f"{WARM_UP_SECONDS:g} s warm-up")
-        print(f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version} "
-              f"({sqlite3.__name__}), {os.cpu_count()} CPUs, load average {load1:.2f} "
-              f"(5 min {load5:.2f}), databases on {_file_system(folder.resolve())}")
-        print()
-        print("1. One write transaction in-process, synchronous=FULL")
-        base_full = baseline(folder, "FULL", args.seconds)
-        engine_full = engine(folder, "FULL", args.seconds)
-        print(base_full.row("ops/s"))
-        print(engine_full.row("ops/s"))
-        print(ratio(engine_full, base_full, "engine / baseline", "ops/s"))
-        print()
-        print(f"2. HTTP on loopback: gunicorn, {args.workers} sync workers, "
-              f"{args.threads} client threads, one connection per request")
-        plain, service = over_http(folder, args.threads, args.seconds, args.workers)
-        print(plain.row("req/s"))
-        print(service.row("req/s"))
-        print(ratio(service, plain, "service / minimal endpoint", "requests/s"))
-        print()
-        figures = [base_full, engine_full, plain, service]
-        if args.postgres != "off":
+        runs = []
+        for n in range(args.repeat):
+            load1, load5, _ = os.getloadavg()
+            which = f", run {n + 1} of {args.repeat}" if args.repeat > 1 else ""
+            print(f"Participant Service benchmark{which}: {args.seconds:g} s per measurement, "
+                  f"{WARM_UP_SECONDS:g} s warm-up")
+            print(f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version} "
+                  f"({sqlite3.__name__}), {os.cpu_count()} CPUs, load average {load1:.2f} "
+                  f"(5 min {load5:.2f}), databases on {_file_system(folder.resolve())}")
             print()
-            print("3. One write transaction in-process, PostgreSQL (synchronous_commit=on)")
-            with postgres_schema(args.postgres) as url:
-                base_pg = pg_baseline(url, args.seconds)
-            with postgres_schema(args.postgres) as url:
-                engine_pg = engine(folder, "FULL", args.seconds, url)
-            print(base_pg.row("ops/s"))
-            print(engine_pg.row("ops/s"))
-            print(ratio(engine_pg, base_pg, "engine / baseline", "ops/s"))
-            print()
-            print(f"4. HTTP on loopback, PostgreSQL: gunicorn, {args.workers} sync workers, "
-                  f"{args.threads} client threads")
-            with postgres_schema(args.postgres) as url:
-                plain_pg, service_pg = over_http(folder, args.threads, args.seconds,
-                                                 args.workers, url)
-            print(plain_pg.row("req/s"))
-            print(service_pg.row("req/s"))
-            print(ratio(service_pg, plain_pg, "service / minimal endpoint", "requests/s"))
-            figures += [base_pg, engine_pg, plain_pg, service_pg]
-        print()
-        print("5. For reference: part 1 with synchronous=NORMAL")
-        base_normal = baseline(folder, "NORMAL", args.seconds)
-        engine_normal = engine(folder, "NORMAL", args.seconds)
-        print(base_normal.row("ops/s"))
-        print(engine_normal.row("ops/s"))
-        print(ratio(engine_normal, base_normal, "engine / baseline", "ops/s"))
-        figures += [base_normal, engine_normal]
-        failed = sum(f.failures for f in figures)
+            own = folder / f"run-{n + 1}"  # every run starts from empty databases
+            own.mkdir()
+            runs.append(_once(args, own))
+        if args.repeat > 1:
+            _summary(runs)
+        failed = [name for run in runs for name in run.failures]
         if failed:
-            print(f"\n{failed} operations did not succeed: the figures above are not valid.")
+            print(f"\n{len(failed)} measurements had operations that did not succeed: the "
+                  "figures above are not valid.")
             return 1
         return 0
     finally:

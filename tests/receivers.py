@@ -96,6 +96,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _KeepAliveHandler(_Handler):
+    protocol_version = "HTTP/1.1"  # the connection stays open for the client's next request
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close() joins every handler thread
@@ -110,9 +114,10 @@ class _Server(ThreadingHTTPServer):
 
 
 class Receiver:
-    """An HTTP server on 127.0.0.1 that records every request; answers are programmed per path."""
+    """An HTTP server on 127.0.0.1 that records every request; answers are programmed per path.
+    HTTP/1.0 (a connection per request) unless `keep_alive`."""
 
-    def __init__(self):
+    def __init__(self, keep_alive: bool = False):
         self.requests: list[Received] = []
         self.errors: list[Exception] = []
         self.connections = 0  # accepted TCP connections, including ones that sent nothing
@@ -120,7 +125,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._arrival = threading.Condition(self._lock)
         self._closing = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _KeepAliveHandler if keep_alive else _Handler)
         self._server.receiver = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,

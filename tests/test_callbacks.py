@@ -422,6 +422,22 @@ def test_a_participants_second_callback_waits_for_the_first(quick_app, receiver)
     assert [r.webhook_id for r in receiver.received("/other")] == [other["id"]]
 
 
+def test_a_rounds_deliveries_are_in_flight_together(apps, receiver):
+    """Rows of different participants claimed in one round go out at the same time: three
+    deliveries meet at the receiver before any of them is answered."""
+    app = apps(PARTICIPANTS_DELIVERY_CONCURRENCY="3")
+    together = threading.Barrier(3, timeout=5)
+    receiver.program("/cb", Reply(200, on_receive=lambda received: together.wait()))
+    client = app.test_client()
+    expected = {create(client, code=f"V-{i}", callback_url=receiver.url("/cb"))["id"]
+                for i in range(3)}
+    assert app.extensions["participants"].dispatcher().run_once() == 3
+    assert {r.webhook_id for r in receiver.received("/cb")} == expected
+    assert not together.broken
+    assert [row["status"] for row in outbox(app)] == ["delivered"] * 3
+    assert len(deliveries(app)) == 3
+
+
 def test_two_dispatchers_never_deliver_the_same_row(app, client, receiver):
     """Dispatchers claiming at the same time split the outbox; each event arrives exactly once."""
     receiver.program("/cb", Reply(200, delay=0.005))

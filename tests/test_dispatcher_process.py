@@ -25,9 +25,9 @@ SETTINGS = {"PARTICIPANTS_DELIVERY_SCHEDULE": "0,0,0"}
 class DispatchProcess:
     """One `flask --app webapp dispatch` process on the test's database."""
 
-    def __init__(self, database: str, log_path: Path):
+    def __init__(self, database: str, log_path: Path, settings: dict | None = None):
         self.log_path = log_path
-        env = {**os.environ, **service_config(database), **SETTINGS}
+        env = {**os.environ, **service_config(database), **SETTINGS, **(settings or {})}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "flask", "--app", "webapp", "dispatch"],
@@ -71,8 +71,9 @@ def start(database, tmp_path):
     """Start dispatcher processes; any still running at the end are killed and reaped."""
     started: list[DispatchProcess] = []
 
-    def run(name: str = "dispatch") -> DispatchProcess:
-        started.append(DispatchProcess(database, tmp_path / f"{name}-{len(started)}.log"))
+    def run(name: str = "dispatch", **settings) -> DispatchProcess:
+        started.append(DispatchProcess(database, tmp_path / f"{name}-{len(started)}.log",
+                                       settings))
         return started[-1]
 
     yield run
@@ -128,19 +129,20 @@ def test_the_process_delivers_and_exits_0_on_sigterm(writer, start, receiver):
 
 def test_sigterm_finishes_the_delivery_in_flight_and_hands_back_the_rest(writer, start,
                                                                          receiver):
-    """The slow delivery under way is completed and recorded; unused claims are released."""
+    """The slow deliveries under way (two at a time here) are completed and recorded; the
+    claims not yet started are released."""
     receiver.program("/cb", Reply(200, delay=1.0))
     create_many(writer, 5, receiver.url("/cb"))
-    process = start()
-    receiver.wait_for(1, "/cb", timeout=15)
+    process = start(PARTICIPANTS_DELIVERY_CONCURRENCY="2")
+    receiver.wait_for(2, "/cb", timeout=15)
     assert process.terminate() == 0, process.log
 
-    assert len(receiver.received("/cb")) == 1
+    assert len(receiver.received("/cb")) == 2
     statuses = rows(writer, "SELECT status, lease_owner FROM outbox ORDER BY id")
-    assert statuses.count(("delivered", None)) == 1
-    assert statuses.count(("pending", None)) == 4
+    assert statuses.count(("delivered", None)) == 2
+    assert statuses.count(("pending", None)) == 3
     assert rows(writer, "SELECT attempt, status_code, outcome FROM deliveries") == [
-        (1, 200, "delivered")]
+        (1, 200, "delivered")] * 2
 
 
 def _killed_mid_run(writer, start, receiver) -> tuple[list[str], int]:
@@ -149,7 +151,9 @@ def _killed_mid_run(writer, start, receiver) -> tuple[list[str], int]:
     receiver.program("/cb", *[Reply(200, delay=0.05)] * 7, Reply(200, delay=10),
                      Reply(200, delay=0.05))
     expected = create_many(writer, 30, receiver.url("/cb"))
-    first = start("killed")
+    # Two at a time, so a round claims 8 rows: the hanging eighth holds the first round open,
+    # and the rows after it are never claimed by this process.
+    first = start("killed", PARTICIPANTS_DELIVERY_CONCURRENCY="2")
     receiver.wait_for(8, "/cb", timeout=15)
     first.process.kill()  # SIGKILL: no handler runs, claims stay leased
     first.process.wait()

@@ -230,9 +230,11 @@ def test_a_server_alone_delivers_fires_timers_and_completes_batches(
 def test_sigterm_lets_the_delivery_in_flight_finish(tmp_path, machines, database, receiver,
                                                     processes):
     """gunicorn's worker exits on SIGTERM; at exit the embedded dispatcher finishes the slow
-    delivery under way, records it, and leaves no lease behind."""
+    delivery under way, records it, and leaves no lease behind. (One delivery at a time here:
+    with more, every one in flight would finish, however many the race let start.)"""
     receiver.program("/slow", Reply(200, delay=1.0))
-    process, base_url = server(processes, tmp_path, machines, database, "gunicorn")
+    process, base_url = server(processes, tmp_path, machines, database, "gunicorn",
+                               PARTICIPANTS_DELIVERY_CONCURRENCY="1")
     for i in range(3):
         created = call("POST", f"{base_url}{BASE}/vehicles", headers=headers(), json={
             "uniqueCode": f"S-{i}", "properties": REGISTERED,

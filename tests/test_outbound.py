@@ -12,7 +12,14 @@ import socket
 
 import pytest
 
-from engine.delivery.outbound import OutboundRefused, check_url, is_public, parse_literal, send
+from engine.delivery.outbound import (
+    Connections,
+    OutboundRefused,
+    check_url,
+    is_public,
+    parse_literal,
+    send,
+)
 from tests.conftest import BASE, close_app, headers, make_app
 from tests.receivers import Receiver, Reply, rows
 
@@ -339,3 +346,34 @@ def test_a_waited_hook_name_rebound_to_loopback_fails_the_operation(strict_app, 
     assert event["errors"][0]["path"] == "$.onRequest.url"
     assert "127.0.0.1" in event["errors"][0]["message"]
     assert canary.connections == 0
+
+
+# -- keep-alive connections ---------------------------------------------------------------------
+
+def test_connections_reuse_one_connection_per_host():
+    """Requests to a receiver that keeps connections alive share one; each gets its answer."""
+    with Receiver(keep_alive=True) as receiver, Connections() as connections:
+        receiver.program("/a", Reply(200, body={"n": 1}), Reply(201, body={"n": 2}))
+        answers = [connections.send(receiver.url("/a"), body=b'{"x": 1}', allow_private=True)
+                   for _ in range(3)]
+        assert [a.status for a in answers] == [200, 201, 201]
+        assert answers[0].body == b'{"n": 1}'
+        assert (connections.opened, receiver.connections) == (1, 1)
+        assert len(receiver.received("/a")) == 3
+
+
+def test_connections_open_a_new_one_when_the_server_closes_each():
+    """An HTTP/1.0 receiver closes after every answer: nothing is kept, nothing is lost."""
+    with Receiver() as receiver, Connections() as connections:
+        for _ in range(3):
+            assert connections.send(receiver.url("/b"), allow_private=True).status == 200
+        assert (connections.opened, receiver.connections) == (3, 3)
+
+
+def test_connections_check_every_url_before_reusing_anything():
+    """A pooled connection is never a way around the address checks."""
+    with Receiver(keep_alive=True) as receiver, Connections() as connections:
+        assert connections.send(receiver.url("/c"), allow_private=True).status == 200
+        with pytest.raises(OutboundRefused):
+            connections.send(receiver.url("/c"), allow_private=False)
+        assert len(receiver.received("/c")) == 1

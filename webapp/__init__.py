@@ -51,13 +51,14 @@ DEFAULTS = {
     "PARTICIPANTS_DELIVERY_SCHEDULE": ",".join(map(str, DEFAULT_SCHEDULE)),
     "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS": 10,
     "PARTICIPANTS_DELIVERY_LEASE_SECONDS": 60,
+    "PARTICIPANTS_DELIVERY_CONCURRENCY": 16,
     "PARTICIPANTS_HOOK_TIMEOUT_SECONDS": 10,
     "PARTICIPANTS_MAX_BATCH_ITEMS": 10_000,
     "PARTICIPANTS_MAX_BATCH_BODY_BYTES": 32 * 1024 * 1024,
     "PARTICIPANTS_DISPATCHER": "embedded",
     "PARTICIPANTS_DISPATCHER_POLL_SECONDS": DEFAULT_POLL_SECONDS,
     "PARTICIPANTS_POSTGRES_POOL_MIN": 1,
-    "PARTICIPANTS_POSTGRES_POOL_MAX": 4,
+    "PARTICIPANTS_POSTGRES_POOL_MAX": 6,
     "PARTICIPANTS_POSTGRES_POOL_TIMEOUT_SECONDS": 10,
     "PARTICIPANTS_POSTGRES_CONNECT_TIMEOUT_SECONDS": 5,
     "PARTICIPANTS_POSTGRES_STATEMENT_TIMEOUT_MS": 60_000,
@@ -209,7 +210,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         machines=config["PARTICIPANTS_MACHINES"])
     policy = DeliveryPolicy(schedule=_schedule(config),
                             read_timeout=_int(config, "PARTICIPANTS_DELIVERY_TIMEOUT_SECONDS"),
-                            lease_seconds=_int(config, "PARTICIPANTS_DELIVERY_LEASE_SECONDS"))
+                            lease_seconds=_int(config, "PARTICIPANTS_DELIVERY_LEASE_SECONDS"),
+                            concurrency=_positive(config, "PARTICIPANTS_DELIVERY_CONCURRENCY"))
     participants = app.extensions["participants"] = Participants(
         types, storage, service, token_table(_tokens(config)), allow_private, policy,
         max_batch_items=_positive(config, "PARTICIPANTS_MAX_BATCH_ITEMS"),
@@ -291,8 +293,8 @@ def dispatch_command(once: bool) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stopping)
-    click.echo(f"dispatcher {dispatcher.owner}: delivering; SIGTERM stops after the delivery "
-               "in flight")
+    click.echo(f"dispatcher {dispatcher.owner}: delivering; SIGTERM stops after the "
+               "deliveries in flight")
     dispatcher.run(stop, participants.poll_seconds)
 
 

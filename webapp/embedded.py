@@ -8,12 +8,12 @@ claimed with leases, timers and batch items are idempotent.
 
 Shutdown: at interpreter exit (gunicorn's worker exit after SIGTERM, Ctrl-C, the end of a
 script) the stop event is set and the thread is given SHUTDOWN_WAIT_SECONDS to finish the
-delivery in flight and hand back its other claims. Under `flask run`, SIGTERM is made to stop
+deliveries in flight and hand back its other claims. Under `flask run`, SIGTERM is made to stop
 the server like Ctrl-C, so that exit happens.
 
 Fork: a thread does not survive `fork()`. Before a process with a running embedded dispatcher
 forks (gunicorn --preload loads the app in the master, then forks the workers), the dispatcher
-is stopped after its delivery in flight, and every child starts a fresh one; the parent does not
+is stopped after its deliveries in flight, and every child starts a fresh one; the parent does not
 restart its own (the master of a pre-fork server serves nothing). Processes that fork helpers
 from a server process should use the 'spawn' or 'forkserver' start method instead.
 """
@@ -90,7 +90,7 @@ class EmbeddedDispatcher:
                  "batches", self.dispatcher.owner)
 
     def stop(self, timeout: float = SHUTDOWN_WAIT_SECONDS) -> bool:
-        """Stop after the delivery in flight; True once the thread has ended."""
+        """Stop after the deliveries in flight; True once the thread has ended."""
         with _lock:
             _wanted.discard(self)
         return self._halt(timeout)

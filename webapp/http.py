@@ -28,6 +28,8 @@ __all__ = ["Caller", "OPENAPI", "authenticate", "if_match", "problems", "read_js
 
 MAX_HEADER = {"X-COREOS-REQUEST-ID": 255, "X-COREOS-TID": 128, "X-COREOS-ACCESS": 1024,
               "X-COREOS-USERINFO": 4096, "X-COREOS-CALLBACK-SECRET": 1024}
+# Where WSGI puts each header (read straight from the environ: it is on every request's path).
+_ENVIRON_KEY = {name: "HTTP_" + name.replace("-", "_") for name in MAX_HEADER}
 # Core fields no request body sets directly (uniqueCode only on create), and the state's parts.
 PROTECTED = (CORE_FIELDS - {*CORE_EDITABLE, "properties"}) | {"mainState", "subState"}
 _PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
@@ -73,7 +75,7 @@ class Caller:
 
 
 def _header(request: Request, name: str, *, required: bool) -> str | None:
-    value = request.headers.get(name)
+    value = request.environ.get(_ENVIRON_KEY[name])
     if value is None or value == "":
         if required:
             raise BadRequest(f"the header {name} is required",
@@ -109,7 +111,7 @@ def authenticate(request: Request, tokens: dict[bytes, tuple[bytes, str]]) -> Ca
     """Check the headers every call needs; 400 when malformed, 401 when not allowed."""
     request_id = _header(request, "X-COREOS-REQUEST-ID", required=True)
     tenant_id = _header(request, "X-COREOS-TID", required=True)
-    token = request.headers.get("X-COREOS-ACCESS", "")
+    token = request.environ.get(_ENVIRON_KEY["X-COREOS-ACCESS"], "")
     if not token_allows(tokens, token, tenant_id):
         raise Unauthorized("the access token is missing, unknown, or not valid for this tenant")
     user_info = None
@@ -133,8 +135,19 @@ def authenticate(request: Request, tokens: dict[bytes, tuple[bytes, str]]) -> Ca
 def _body_bytes(request: Request) -> bytes:
     """The raw body; 413 past MAX_CONTENT_LENGTH, with or without a Content-Length."""
     limit = request.max_content_length  # the app's, unless the view set its own
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
-        return request.get_data(cache=True)  # werkzeug raises 413 for a long Content-Length
+    length = request.content_length
+    if length is not None:
+        # Read exactly the declared length from the server's stream: werkzeug's get_data
+        # would wrap it in a limited stream and read it in chunks, on every write.
+        if limit is not None and length > limit:
+            raise TooLarge(f"the body is larger than {limit} bytes")
+        raw = request.environ["wsgi.input"].read(length) if length else b""
+        if len(raw) != length:
+            raise BadRequest(f"the body ended after {len(raw)} of its {length} bytes",
+                             [Issue("$", "is incomplete")])
+        return raw
+    if not request.environ.get("wsgi.input_terminated"):
+        return b""  # neither a length nor a terminated stream: no body (as werkzeug reads it)
     # A chunked body: werkzeug would silently cut it at the limit, so read one byte more.
     raw = request.environ["wsgi.input"].read(limit + 1)
     if len(raw) > limit:
